@@ -1,0 +1,3 @@
+from vla_rl_lib.cli import main
+
+raise SystemExit(main())
