@@ -1,0 +1,310 @@
+"""Networks shared by every algorithm: MLPs, policies and critics.
+
+The policy interface
+--------------------
+Every policy (these, the Decision Transformer's, and ``VLAPolicy``) is an ``nn.Module`` with
+
+* ``get_action(obs, deterministic=False) -> Tensor``: actions for a batch of observations;
+* ``log_prob(obs, actions) -> Tensor (B,)`` and ``entropy(obs) -> Tensor (B,)``;
+* ``value(obs) -> Tensor (B,)`` when ``has_value`` is True (a value head on shared features);
+* ``evaluate_actions(obs, actions) -> (log_prob, entropy, value or None)`` in one forward pass;
+* ``predict(obs, deterministic=True) -> np.ndarray``: one numpy observation (or a batch) in,
+  environment actions out, as Stable-Baselines3's ``predict``.
+
+``obs`` is a float tensor ``(B, obs_dim)`` on the policy's device, or, for image/language
+policies, a dict of batched arrays. Policies keep their observation normaliser (``obs_mean``,
+``obs_std`` buffers) and action bounds inside, so a policy handed from an offline trainer to an
+online one acts the same way. Continuous policies act in the environment's action bounds.
+
+Networks know no training loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributions import Categorical, Normal
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256), activation: type[nn.Module] = nn.ReLU,
+        output_activation: Optional[type[nn.Module]] = None, layer_norm: bool = False,
+        dropout: float = 0.0) -> nn.Sequential:
+    """A multi-layer perceptron ``in_dim -> hidden... -> out_dim``."""
+    layers: list[nn.Module] = []
+    last = in_dim
+    for width in hidden:
+        layers.append(nn.Linear(last, width))
+        if layer_norm:
+            layers.append(nn.LayerNorm(width))
+        layers.append(activation())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        last = width
+    layers.append(nn.Linear(last, out_dim))
+    if output_activation is not None:
+        layers.append(output_activation())
+    return nn.Sequential(*layers)
+
+
+def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2), last_gain: Optional[float] = None) -> nn.Module:
+    """Orthogonal weights and zero biases (the PPO "implementation detail"); the last linear layer
+    gets ``last_gain`` when given (0.01 for policy heads, 1.0 for value heads)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    for i, m in enumerate(linears):
+        g = last_gain if (last_gain is not None and i == len(linears) - 1) else gain
+        nn.init.orthogonal_(m.weight, g)
+        nn.init.zeros_(m.bias)
+    return module
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging ``theta_target <- tau * theta + (1 - tau) * theta_target``."""
+    with torch.no_grad():
+        for tp, sp in zip(target.parameters(), source.parameters()):
+            tp.lerp_(sp, tau)
+
+
+class Policy(nn.Module):
+    """Base class of the kit's policies: normalisation, action bounds, numpy ``predict``."""
+
+    has_value = False
+    discrete = False
+
+    def __init__(self, obs_dim: int, action_dim: int, action_low=None, action_high=None):
+        super().__init__()
+        self.obs_dim, self.action_dim = int(obs_dim), int(action_dim)
+        self.register_buffer("obs_mean", torch.zeros(self.obs_dim))
+        self.register_buffer("obs_std", torch.ones(self.obs_dim))
+        low = -np.ones(self.action_dim) if action_low is None else np.broadcast_to(action_low, (self.action_dim,))
+        high = np.ones(self.action_dim) if action_high is None else np.broadcast_to(action_high, (self.action_dim,))
+        self.register_buffer("action_low", torch.as_tensor(np.asarray(low, dtype=np.float32)))
+        self.register_buffer("action_high", torch.as_tensor(np.asarray(high, dtype=np.float32)))
+
+    # -- observation and action spaces ----------------------------------------------------------
+    def set_obs_normalization(self, mean, std) -> None:
+        """Fix the observation normaliser (dataset statistics); ``x -> (x - mean) / std``."""
+        self.obs_mean.copy_(torch.as_tensor(np.asarray(mean, dtype=np.float32)))
+        self.obs_std.copy_(torch.as_tensor(np.asarray(std, dtype=np.float32)))
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.obs_mean) / self.obs_std
+
+    def scale_action(self, unit_action: torch.Tensor) -> torch.Tensor:
+        """Map an action in [-1, 1] to the environment's bounds."""
+        return self.action_low + (unit_action + 1.0) * 0.5 * (self.action_high - self.action_low)
+
+    def unscale_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Map an environment action into [-1, 1]."""
+        return 2.0 * (action - self.action_low) / (self.action_high - self.action_low) - 1.0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def to_tensor(self, obs) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+
+    # -- the interface --------------------------------------------------------------------------
+    def distribution(self, obs: torch.Tensor):
+        raise NotImplementedError
+
+    def get_action(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no action likelihood")
+
+    def entropy(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no entropy")
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no value head")
+
+    def evaluate_actions(self, obs, actions):
+        value = self.value(obs) if self.has_value else None
+        return self.log_prob(obs, actions), self.entropy(obs), value
+
+    @torch.no_grad()
+    def predict(self, obs, deterministic: bool = True) -> np.ndarray:
+        """Numpy in, numpy out; a single observation gives a single action."""
+        x = self.to_tensor(obs)
+        single = x.dim() == 1
+        if single:
+            x = x.unsqueeze(0)
+        action = self.get_action(x, deterministic=deterministic).cpu().numpy()
+        return action[0] if single else action
+
+
+class GaussianPolicy(Policy):
+    """Diagonal Gaussian with a state-independent log std (PPO, IQL).
+
+    ``a ~ N(mu(s), diag(sigma^2))``; ``tanh_mean=True`` squashes the mean into [-1, 1] as CORL's
+    IQL does. Sampled actions are not squashed: the trainer clips them to the bounds when stepping
+    the environment, as Stable-Baselines3 does.
+    """
+
+    def __init__(self, obs_dim, action_dim, hidden=(64, 64), activation=nn.Tanh, log_std_init: float = 0.0,
+                 tanh_mean: bool = False, action_low=None, action_high=None, ortho_init: bool = True,
+                 dropout: float = 0.0):
+        super().__init__(obs_dim, action_dim, action_low, action_high)
+        self.net = mlp(obs_dim, action_dim, hidden, activation, dropout=dropout)
+        if ortho_init:
+            orthogonal_init(self.net, last_gain=0.01)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+        self.tanh_mean = tanh_mean
+
+    def distribution(self, obs):
+        mean = self.net(self.normalize(obs))
+        if self.tanh_mean:
+            mean = torch.tanh(mean)
+        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(mean)
+        return Normal(mean, std)
+
+    def get_action(self, obs, deterministic=False):
+        dist = self.distribution(obs)
+        unit = dist.mean if deterministic else dist.sample()
+        return self.scale_action(unit)
+
+    def log_prob(self, obs, actions):
+        return self.distribution(obs).log_prob(self.unscale_action(actions)).sum(-1)
+
+    def entropy(self, obs):
+        return self.distribution(obs).entropy().sum(-1)
+
+
+class TanhGaussianPolicy(Policy):
+    """Tanh-squashed Gaussian (SAC, CQL).
+
+    ``u ~ N(mu(s), sigma(s)^2)``, ``a = tanh(u)``;
+    ``log pi(a|s) = sum_i [log N(u_i) - log(1 - tanh(u_i)^2)]``.
+    """
+
+    def __init__(self, obs_dim, action_dim, hidden=(256, 256), activation=nn.ReLU, action_low=None, action_high=None):
+        super().__init__(obs_dim, action_dim, action_low, action_high)
+        self.trunk = mlp(obs_dim, 2 * action_dim, hidden, activation)
+
+    def _mean_log_std(self, obs):
+        mean, log_std = self.trunk(self.normalize(obs)).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs, deterministic: bool = False):
+        """Reparameterised sample: returns (action in [-1, 1], log_prob)."""
+        mean, log_std = self._mean_log_std(obs)
+        if deterministic:
+            u = mean
+        else:
+            u = mean + log_std.exp() * torch.randn_like(mean)
+        a = torch.tanh(u)
+        # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), numerically stable
+        log_prob = (Normal(mean, log_std.exp()).log_prob(u) - 2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return a, log_prob
+
+    def get_action(self, obs, deterministic=False):
+        return self.scale_action(self.sample(obs, deterministic)[0])
+
+    def log_prob(self, obs, actions):
+        a = self.unscale_action(actions).clamp(-1 + 1e-6, 1 - 1e-6)
+        u = torch.atanh(a)
+        mean, log_std = self._mean_log_std(obs)
+        return (Normal(mean, log_std.exp()).log_prob(u) - torch.log1p(-a.pow(2) + 1e-6)).sum(-1)
+
+    def entropy(self, obs):
+        # no closed form: single-sample estimate  H ~= -log pi(a|s)
+        return -self.sample(obs)[1]
+
+
+class DeterministicPolicy(Policy):
+    """``a = tanh(f(s))`` in the action bounds (TD3+BC). Exploration noise is the trainer's job."""
+
+    def __init__(self, obs_dim, action_dim, hidden=(256, 256), activation=nn.ReLU, action_low=None, action_high=None):
+        super().__init__(obs_dim, action_dim, action_low, action_high)
+        self.net = mlp(obs_dim, action_dim, hidden, activation, output_activation=nn.Tanh)
+
+    def unit_action(self, obs):
+        return self.net(self.normalize(obs))
+
+    def get_action(self, obs, deterministic=False):
+        return self.scale_action(self.unit_action(obs))
+
+
+class CategoricalPolicy(Policy):
+    """Softmax over discrete actions (PPO/GRPO on CartPole): ``pi(a|s) = softmax(f(s))_a``."""
+
+    discrete = True
+
+    def __init__(self, obs_dim, n_actions, hidden=(64, 64), activation=nn.Tanh, ortho_init: bool = True):
+        super().__init__(obs_dim, 1)
+        self.n_actions = int(n_actions)
+        self.net = mlp(obs_dim, n_actions, hidden, activation)
+        if ortho_init:
+            orthogonal_init(self.net, last_gain=0.01)
+
+    def distribution(self, obs):
+        return Categorical(logits=self.net(self.normalize(obs)))
+
+    def get_action(self, obs, deterministic=False):
+        dist = self.distribution(obs)
+        return dist.probs.argmax(-1) if deterministic else dist.sample()
+
+    def log_prob(self, obs, actions):
+        return self.distribution(obs).log_prob(actions.long().reshape(-1))
+
+    def entropy(self, obs):
+        return self.distribution(obs).entropy()
+
+
+class ValueNetwork(nn.Module):
+    """State value ``V(s)``."""
+
+    def __init__(self, obs_dim, hidden=(256, 256), activation=nn.ReLU, ortho_init: bool = False, layer_norm: bool = False):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden, activation, layer_norm=layer_norm)
+        if ortho_init:
+            orthogonal_init(self.net, last_gain=1.0)
+
+    def forward(self, obs):
+        return self.net(obs).squeeze(-1)
+
+
+class EnsembleLinear(nn.Module):
+    """``n`` independent linear layers evaluated in one batched matmul."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
+        bound = 1 / math.sqrt(in_dim)
+        for i in range(n):  # same init as nn.Linear, one member at a time
+            nn.init.kaiming_uniform_(self.weight.data[i].T, a=math.sqrt(5))
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):  # x: (n, B, in_dim) or (B, in_dim)
+        if x.dim() == 2:
+            return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape), self.weight)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class QEnsemble(nn.Module):
+    """``n`` Q-functions ``Q_i(s, a)`` (twin Q for n=2) computed together; returns (n, B)."""
+
+    def __init__(self, obs_dim, action_dim, hidden=(256, 256), n: int = 2, activation=nn.ReLU, layer_norm: bool = False):
+        super().__init__()
+        dims = [obs_dim + action_dim, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers.append(EnsembleLinear(n, a, b))
+            if layer_norm:
+                layers.append(nn.LayerNorm(b))
+            layers.append(activation())
+        layers.append(EnsembleLinear(n, dims[-1], 1))
+        self.net = nn.Sequential(*layers)
+        self.n = n
+
+    def forward(self, obs, actions):
+        return self.net(torch.cat([obs, actions], dim=-1)).squeeze(-1)
