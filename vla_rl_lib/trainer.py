@@ -125,6 +125,10 @@ class Trainer:
         """Action for a numpy observation (or batch), in the environment's action space."""
         return self.policy.predict(obs, deterministic=deterministic)
 
+    def observe_reward(self, reward: float) -> None:
+        """Called after each evaluation step with the reward the last ``predict`` action earned
+        (sequence models such as the Decision Transformer decrement their return-to-go here)."""
+
     # ------------------------------------------------------------------------------------------
     # metrics, logging, evaluation
     # ------------------------------------------------------------------------------------------
@@ -191,6 +195,7 @@ class Trainer:
                 while not done:
                     action = self.predict(obs, deterministic=deterministic)
                     obs, reward, terminated, truncated, info = eval_env.step(action)
+                    self.observe_reward(float(reward))
                     total += float(reward)
                     length += 1
                     done = terminated or truncated
