@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -251,7 +252,7 @@ def read_vd4rl(path: str | os.PathLike, max_episodes: int | None = None) -> dict
         try:
             with np.load(f, allow_pickle=False) as ep:
                 ep = {k: ep[k] for k in ep.files}
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise DatasetError(f"cannot read episode file {str(f)!r}: truncated or corrupted ({exc})") from exc
         for key in ("image", "action", "reward"):
             if key not in ep:
