@@ -1,0 +1,304 @@
+"""Proximal Policy Optimization (Schulman et al., 2017), discrete and continuous actions.
+
+Each iteration:
+
+1. collect a rollout of ``rollout_steps`` steps in each of ``num_envs`` vector environments with the
+   current policy (storing actions, log-probabilities and values);
+2. compute advantages with GAE (:func:`~vla_rl_lib.online.rollout.compute_gae`), bootstrapping
+   episodes cut by a time limit from their true final observation and never bootstrapping terminal
+   states;
+3. for ``ppo_epochs`` epochs over shuffled minibatches of ``batch_size`` transitions, minimise::
+
+       L = L_clip + c_v * L_V - c_e * H[pi]
+
+   with the clipped surrogate :func:`clipped_surrogate` on minibatch-normalised advantages, the
+   (optionally clipped) value loss :func:`value_loss` and an entropy bonus, clipping the global
+   gradient norm to ``ppo_max_grad_norm``.
+
+The "implementation details" (Huang et al., "The 37 implementation details of PPO"; CleanRL) are
+named where they happen: orthogonal initialisation (in ``nets``), Adam with ``eps=1e-5``, optional
+linear learning-rate annealing (``ppo_anneal_lr``), per-minibatch advantage normalisation, value
+clipping (``ppo_clip_range_vf``), global gradient clipping, optional running observation
+normalisation (``ppo_normalize_obs``) and return-based reward scaling (``ppo_normalize_reward``).
+The running statistics live in ``nn.Module`` buffers (and the observation statistics are copied
+into the policy's own normaliser), so checkpoints and a policy handed to another trainer carry them.
+
+Policies
+--------
+Without ``policy=``, PPO builds a ``CategoricalPolicy`` (Discrete actions) or a ``GaussianPolicy``
+(Box actions) of two ``hidden_dim`` tanh layers and a separate ``ValueNetwork`` critic.
+``policy=`` takes any object with the policy interface of :mod:`vla_rl_lib.nets`:
+
+* IQL's ``GaussianPolicy`` and CQL's ``TanhGaussianPolicy`` are used as they are;
+* a deterministic actor (TD3+BC's ``DeterministicPolicy``) is wrapped in
+  :class:`~vla_rl_lib.online.rollout.GaussianExploration`: a Gaussian around its action with a
+  learnable log std starting at -1 (sigma ~ 0.37 of the half action range);
+* a policy with ``has_value=True`` (``VLAPolicy``: a value head on shared features) supplies the
+  critic; otherwise a separate ``ValueNetwork`` is trained on ``policy.normalize(obs)``.
+
+A policy whose actions do not fit the action space raises ``IncompatibleError``.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vla_rl_lib.config import RLConfig
+from vla_rl_lib.errors import IncompatibleError
+from vla_rl_lib.nets import CategoricalPolicy, GaussianPolicy, ValueNetwork
+from vla_rl_lib.online.rollout import (GaussianExploration, RewardScaler, RolloutBuffer, RunningMeanStd,
+                                       as_stochastic, autoreset_mode, check_policy, compute_gae,
+                                       default_policy, explained_variance, index_obs, load_model_policy,
+                                       obs_to_tensor, stack_obs)
+from vla_rl_lib.trainer import OnlineTrainer
+
+__all__ = ["PPOTrainer", "clipped_surrogate", "value_loss"]
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PPO's clipped surrogate, as a loss to minimise::
+
+        L_clip = -mean_t min( r_t A_t , clip(r_t, 1 - eps, 1 + eps) A_t ),   r_t = pi(a_t|s_t) / pi_old(a_t|s_t)
+    """
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages
+    return -torch.min(unclipped, clipped).mean()
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip_range_vf: Optional[float] = None) -> torch.Tensor:
+    """Value regression to the GAE returns ``R_t``::
+
+        L_V = mean_t (V(s_t) - R_t)^2
+        clipped (``clip_range_vf = c``):  mean_t max( (V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2 )
+    """
+    loss = (values - returns).pow(2)
+    if clip_range_vf is not None:
+        clipped = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+        loss = torch.max(loss, (clipped - returns).pow(2))
+    return loss.mean()
+
+
+class PPOTrainer(OnlineTrainer):
+    """PPO (see the module docstring). ``PPOTrainer(env, config=RLConfig(...), policy=None)``."""
+
+    algorithm = "ppo"
+    Hyperparameters = None
+
+    def __init__(self, env=None, config: Optional[RLConfig] = None, policy: Optional[nn.Module] = None,
+                 callbacks: Optional[Iterable] = None, use_wandb: bool = False, progress_bar: bool = False):
+        super().__init__(env, config, policy, callbacks, use_wandb, progress_bar)
+        cfg = self.config
+        if policy is None and cfg.model_path:
+            policy = load_model_policy(cfg.model_path)
+        if policy is None:
+            policy = default_policy(self.observation_space, self.action_space, cfg.hidden_dim)
+        else:
+            policy = as_stochastic(policy)
+        policy = policy.to(self.device)
+        check_policy(policy, self.observation_space, self.action_space, self.device)
+        self.policy = policy
+        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
+
+        # the critic: the policy's own value head, or a separate network on normalised observations
+        if getattr(policy, "has_value", False):
+            self.value_net = None
+        else:
+            if not (isinstance(self.observation_space, gym.spaces.Box) and len(self.observation_space.shape) == 1):
+                raise IncompatibleError(
+                    f"PPO needs a critic: the policy ({type(policy).__name__}) has no value head (has_value=False) "
+                    f"and the kit's ValueNetwork needs flat Box observations, not {self.observation_space}")
+            self.value_net = ValueNetwork(int(self.observation_space.shape[0]), hidden=(cfg.hidden_dim, cfg.hidden_dim),
+                                          activation=nn.Tanh, ortho_init=True).to(self.device)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        if self.value_net is not None:
+            params += list(self.value_net.parameters())
+        self._params = params
+        self.optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5)
+
+        # running normalisers (nn.Module buffers: saved in checkpoints)
+        self.obs_rms = None
+        if cfg.ppo_normalize_obs:
+            if not isinstance(self.observation_space, gym.spaces.Box) or not hasattr(policy, "set_obs_normalization"):
+                raise IncompatibleError("ppo_normalize_obs needs Box observations and a policy with "
+                                        "set_obs_normalization (the kit's MLP policies)")
+            self.obs_rms = RunningMeanStd(self.observation_space.shape)
+        self.reward_scaler = RewardScaler(self.num_envs, cfg.discount_gamma) if cfg.ppo_normalize_reward else None
+
+        self.minibatch_generator = torch.Generator().manual_seed(cfg.seed)
+        action_shape = () if self.discrete else tuple(self.action_space.shape)
+        self.buffer = RolloutBuffer(cfg.rollout_steps, self.num_envs, action_shape, self.discrete, self.device)
+        self._autoreset = autoreset_mode(self.envs)
+        self._next_obs = None
+        self._after_done = np.zeros(self.num_envs, dtype=bool)  # NEXT_STEP: the next step is a reset step
+        if isinstance(self.action_space, gym.spaces.Box):
+            self._low, self._high = self.action_space.low, self.action_space.high
+
+    # ------------------------------------------------------------------------------------------
+    # acting
+    # ------------------------------------------------------------------------------------------
+    def _value(self, obs) -> torch.Tensor:
+        if self.value_net is None:
+            return self.policy.value(obs).reshape(-1)
+        return self.value_net(self.policy.normalize(obs))
+
+    def _act(self, obs):
+        """Sample actions; return (actions, log-probabilities, values)."""
+        policy = self.policy
+        if type(policy) is CategoricalPolicy:
+            dist = policy.distribution(obs)
+            actions = dist.sample()
+            log_probs = dist.log_prob(actions)
+        elif type(policy) in (GaussianPolicy, GaussianExploration):
+            dist = policy.distribution(obs)
+            unit = dist.sample()
+            log_probs = dist.log_prob(unit).sum(-1)
+            actions = policy.scale_action(unit)
+        else:
+            actions = policy.get_action(obs, deterministic=False)
+            log_probs = policy.log_prob(obs, actions)
+        return actions, log_probs.reshape(-1), self._value(obs)
+
+    def _evaluate(self, obs, actions):
+        """(log pi(a|s), entropy, V(s)) with gradients."""
+        policy = self.policy
+        if type(policy) is CategoricalPolicy:
+            dist = policy.distribution(obs)
+            log_probs, entropy, value = dist.log_prob(actions), dist.entropy(), None
+        elif type(policy) in (GaussianPolicy, GaussianExploration):
+            dist = policy.distribution(obs)
+            log_probs = dist.log_prob(policy.unscale_action(actions)).sum(-1)
+            entropy, value = dist.entropy().sum(-1), None
+        else:
+            log_probs, entropy, value = policy.evaluate_actions(obs, actions)
+        if value is None:
+            value = self._value(obs)
+        return log_probs.reshape(-1), entropy.reshape(-1), value.reshape(-1)
+
+    def _env_actions(self, actions: torch.Tensor) -> np.ndarray:
+        a = actions.cpu().numpy()
+        if self.discrete:
+            return a.reshape(-1).astype(np.int64)
+        return np.clip(a, self._low, self._high)
+
+    def predict(self, obs, deterministic: bool = True):
+        action = self.policy.predict(obs, deterministic=deterministic)
+        if not self.discrete and isinstance(self.action_space, gym.spaces.Box):
+            action = np.clip(action, self._low, self._high)
+        return action
+
+    # ------------------------------------------------------------------------------------------
+    # collecting a rollout
+    # ------------------------------------------------------------------------------------------
+    def _reset_envs(self) -> None:
+        self._next_obs, _ = self.envs.reset(seed=self.config.seed + self.global_step)
+        self._after_done[:] = False
+        self._episode_returns[:] = 0.0
+        self._episode_lengths[:] = 0
+        if self.reward_scaler is not None:
+            self.reward_scaler.returns.zero_()
+
+    @torch.no_grad()
+    def collect(self) -> int:
+        cfg, buf = self.config, self.buffer
+        if self._next_obs is None:
+            self._reset_envs()
+        if cfg.ppo_anneal_lr:  # linear annealing to 0 over total_timesteps
+            frac = max(1.0 - self.global_step / cfg.total_timesteps, 0.0)
+            for group in self.optimizer.param_groups:
+                group["lr"] = frac * cfg.learning_rate
+        if self.obs_rms is not None:  # freeze the statistics for this rollout and its update
+            self.policy.set_obs_normalization(self.obs_rms.mean.float(), self.obs_rms.std().float())
+        buf.reset()
+        final_values = torch.zeros_like(buf.values)
+        has_final = torch.zeros_like(buf.valid)
+        same_step = self._autoreset == "same_step"
+        obs = self._next_obs
+        for t in range(cfg.rollout_steps):
+            obs_t = obs_to_tensor(obs, self.device)
+            actions, log_probs, values = self._act(obs_t)
+            next_obs, rewards, terminated, truncated, infos = self.envs.step(self._env_actions(actions))
+            terminated, truncated = np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool)
+            dones = terminated | truncated
+            valid = ~self._after_done
+            if self.obs_rms is not None:
+                self.obs_rms.update(np.asarray(obs)[valid])
+            self.record_step(rewards, dones)
+            if not valid.all():  # reset steps are not transitions: undo their length count
+                self._episode_lengths[~valid] -= 1
+            train_rewards = rewards if self.reward_scaler is None else self.reward_scaler(rewards, dones, valid)
+            if same_step:
+                cut = np.flatnonzero(truncated & ~terminated)
+                if len(cut):  # bootstrap from the true final observation
+                    final = stack_obs([infos["final_obs"][i] for i in cut])
+                    final_values[t, cut] = self._value(obs_to_tensor(final, self.device))
+                    has_final[t, cut] = True
+            else:
+                self._after_done = dones.copy()
+                dones = dones | ~valid  # the reset step ends nothing that follows it
+            buf.add(obs_t, actions, log_probs, values, train_rewards, terminated & valid, dones, valid)
+            obs = next_obs
+        self._next_obs = obs
+        last_values = self._value(obs_to_tensor(obs, self.device))
+        buf.next_values[:-1] = buf.values[1:]
+        buf.next_values[-1] = last_values
+        buf.next_values = torch.where(has_final, final_values, buf.next_values)
+        return cfg.rollout_steps * self.num_envs
+
+    # ------------------------------------------------------------------------------------------
+    # learning from it
+    # ------------------------------------------------------------------------------------------
+    def learn(self) -> dict:
+        cfg, buf = self.config, self.buffer
+        advantages, returns = compute_gae(buf.rewards, buf.values, buf.next_values, buf.terminations, buf.dones,
+                                          cfg.discount_gamma, cfg.ppo_gae_lambda)
+        obs = buf.flat_obs()
+        n = buf.steps * buf.num_envs
+        actions = buf.actions.reshape(n, *buf.actions.shape[2:])
+        old_log_probs, old_values = buf.log_probs.reshape(n), buf.values.reshape(n)
+        advantages, returns = advantages.reshape(n), returns.reshape(n)
+        keep = torch.nonzero(buf.valid.reshape(n)).squeeze(1)
+        size = keep.numel()
+        batch = min(cfg.batch_size, size)
+        sums = {k: torch.zeros(()) for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")}
+        updates = 0
+        for _ in range(cfg.ppo_epochs):
+            order = keep[torch.randperm(size, generator=self.minibatch_generator).to(keep.device)]
+            for start in range(0, size, batch):
+                mb = order[start:start + batch]
+                log_probs, entropy, values = self._evaluate(index_obs(obs, mb), actions[mb])
+                log_ratio = log_probs - old_log_probs[mb]
+                ratio = log_ratio.exp()
+                adv = advantages[mb]
+                if adv.numel() > 1:  # per-minibatch advantage normalisation
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                pg_loss = clipped_surrogate(ratio, adv, cfg.ppo_clip_range)
+                v_loss = value_loss(values, old_values[mb], returns[mb], cfg.ppo_clip_range_vf)
+                ent = entropy.mean()
+                loss = pg_loss + cfg.ppo_value_coef * v_loss - cfg.ppo_entropy_coef * ent
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self._params, cfg.ppo_max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    sums["policy_loss"] += pg_loss.detach().cpu()
+                    sums["value_loss"] += v_loss.detach().cpu()
+                    sums["entropy"] += ent.detach().cpu()
+                    sums["approx_kl"] += ((ratio - 1) - log_ratio).mean().cpu()
+                    sums["clip_fraction"] += ((ratio - 1).abs() > cfg.ppo_clip_range).float().mean().cpu()
+                updates += 1
+        metrics = {k: float(v) / max(updates, 1) for k, v in sums.items()}
+        metrics["explained_variance"] = explained_variance(old_values[keep], returns[keep])
+        metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+        return metrics
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints: networks, optimiser, normalisers and generators are found automatically.
+    # Environment states cannot be saved, so a resumed run starts fresh episodes.
+    # ------------------------------------------------------------------------------------------
+    def load_extra_state(self, state: dict) -> None:
+        self._next_obs = None

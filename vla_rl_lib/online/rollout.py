@@ -1,0 +1,388 @@
+"""Shared machinery of the on-policy methods (PPO, GRPO): observations, rollouts, GAE, normalisers.
+
+* ``stack_obs`` / ``concat_obs`` / ``index_obs`` / ``obs_to_tensor``: observations are numpy arrays or
+  dicts (the driving simulator's ``{"image", "instruction", "state"}``) whose string entries stay
+  lists of strings; the policy receives batched tensors (and lists of strings) and batches them its
+  own way.
+* ``RolloutBuffer``: one PPO rollout of ``rollout_steps x num_envs`` transitions, with the masks
+  that gymnasium 1.x autoreset needs.
+* ``compute_gae``: generalised advantage estimation that bootstraps on truncation, not on termination.
+* ``RunningMeanStd`` / ``RewardScaler``: running statistics kept in ``nn.Module`` buffers so a
+  checkpoint carries them.
+* ``check_policy`` / ``as_stochastic`` / ``default_policy``: make sure a given policy fits the
+  environment's spaces and can give action likelihoods.
+
+Gymnasium 1.x vector autoreset
+------------------------------
+With ``AutoresetMode.NEXT_STEP`` (gymnasium's default) the step that ends an episode returns the
+episode's true final observation, and the *next* ``step()`` of that sub-env ignores its action and
+returns the reset observation with reward 0. That reset step is not a transition: ``RolloutBuffer``
+marks it invalid and the learner leaves it out. With ``AutoresetMode.SAME_STEP`` the ending step
+already returns the reset observation and the true final one is in ``infos["final_obs"]``; the
+trainer evaluates ``V`` on it to bootstrap truncated episodes.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributions import Normal
+
+from vla_rl_lib.errors import ConfigError, IncompatibleError, MissingDependencyError
+from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, GaussianPolicy, Policy
+
+Obs = Any  # np.ndarray (B, ...) or dict[str, np.ndarray | list[str]]
+
+
+# ------------------------------------------------------------------------------------------------
+# observations
+# ------------------------------------------------------------------------------------------------
+def _is_text(value) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0 and isinstance(value[0], str)
+    return isinstance(value, np.ndarray) and value.dtype.kind in "USO" and value.size > 0 and isinstance(
+        value.flat[0], str)
+
+
+def stack_obs(observations: Sequence[Obs]) -> Obs:
+    """Batch a list of single observations: arrays -> ``(B, ...)``, dicts key by key, strings -> list."""
+    first = observations[0]
+    if isinstance(first, dict):
+        return {k: stack_obs([o[k] for o in observations]) for k in first}
+    if isinstance(first, str):
+        return [str(o) for o in observations]
+    return np.stack([np.asarray(o) for o in observations])
+
+
+def concat_obs(batches: Sequence[Obs]) -> Obs:
+    """Concatenate batched observations along the batch axis (time-major flattening of a rollout)."""
+    first = batches[0]
+    if isinstance(first, dict):
+        return {k: concat_obs([b[k] for b in batches]) for k in first}
+    if _is_text(first):
+        return [str(s) for b in batches for s in b]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(batches))
+    return np.concatenate([np.asarray(b) for b in batches])
+
+
+def index_obs(obs: Obs, idx) -> Obs:
+    """``obs[idx]`` for arrays, tensors, dicts of them and lists of strings."""
+    if isinstance(obs, dict):
+        return {k: index_obs(v, idx) for k, v in obs.items()}
+    if isinstance(obs, list):
+        idx = idx.tolist() if hasattr(idx, "tolist") else idx
+        return [obs[i] for i in idx]
+    if isinstance(obs, torch.Tensor) and not isinstance(idx, torch.Tensor):
+        idx = torch.as_tensor(idx, device=obs.device)
+    return obs[idx]
+
+
+def obs_to_tensor(obs: Obs, device) -> Obs:
+    """Numpy -> torch on ``device`` (float64 -> float32, uint8 images kept); strings stay a list."""
+    if isinstance(obs, dict):
+        return {k: obs_to_tensor(v, device) for k, v in obs.items()}
+    if _is_text(obs):
+        return [str(s) for s in (obs if not isinstance(obs, str) else [obs])]
+    if isinstance(obs, torch.Tensor):
+        return obs.to(device)
+    arr = np.asarray(obs)
+    if arr.dtype == np.float64 or arr.dtype.kind in "ib" and arr.dtype != np.uint8:
+        arr = arr.astype(np.float32)
+    return torch.as_tensor(arr, device=device)
+
+
+def same_obs(a: Obs, b: Obs) -> bool:
+    """Whether two observations are equal (used to check that ``reset(seed=s)`` is reproducible)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_obs(a[k], b[k]) for k in a)
+    if _is_text(a):
+        return list(np.atleast_1d(a)) == list(np.atleast_1d(b))
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def autoreset_mode(envs) -> str:
+    """``"same_step"`` or ``"next_step"`` (gymnasium's default, assumed when a vector env does not say)."""
+    mode = getattr(envs, "metadata", {}).get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+    mode = getattr(mode, "value", mode)
+    mode = str(mode).lower().replace("_", "")
+    if mode == "samestep":
+        return "same_step"
+    if mode == "nextstep":
+        return "next_step"
+    raise IncompatibleError(f"vector env autoreset mode {mode!r} is not supported; use AutoresetMode.NEXT_STEP "
+                            "or AutoresetMode.SAME_STEP")
+
+
+# ------------------------------------------------------------------------------------------------
+# advantages
+# ------------------------------------------------------------------------------------------------
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
+                terminations: torch.Tensor, dones: torch.Tensor, gamma: float, gae_lambda: float):
+    """Generalised advantage estimation over a rollout of shape ``(T, N)``.
+
+    For each step ``t`` of each environment::
+
+        delta_t = r_t + gamma * V(s_{t+1}) * (1 - term_t) - V(s_t)
+        A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
+        R_t     = A_t + V(s_t)                                  (the value target)
+
+    ``next_values[t] = V(s_{t+1})`` is the value of the *true* next observation: for an episode cut
+    by its time limit (truncated, ``done_t = 1``, ``term_t = 0``) that is the final observation, so
+    the return is bootstrapped; for a terminal state (``term_t = 1``) nothing is bootstrapped.
+    ``done_t = term_t or trunc_t`` stops the recursion at every episode end.
+    Returns ``(advantages, returns)``, both ``(T, N)``.
+    """
+    not_term = 1.0 - terminations.float()
+    not_done = 1.0 - dones.float()
+    deltas = rewards + gamma * next_values * not_term - values
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        last = deltas[t] + gamma * gae_lambda * not_done[t] * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """``1 - Var[target - predicted] / Var[target]`` (1: perfect value function, 0: no better than a
+    constant; reported as 0 when the targets have no variance)."""
+    var = target.var()
+    if not var.item() > 0:
+        return 0.0
+    return float(1.0 - (target - predicted).var() / var)
+
+
+# ------------------------------------------------------------------------------------------------
+# rollout storage
+# ------------------------------------------------------------------------------------------------
+class RolloutBuffer:
+    """One on-policy rollout: ``steps x num_envs`` transitions (observations may be dicts).
+
+    ``valid[t, i]`` is False for the gymnasium NEXT_STEP autoreset steps (not transitions).
+    ``next_values[t, i]`` holds ``V(s_{t+1})`` for the GAE (see :func:`compute_gae`).
+    """
+
+    def __init__(self, steps: int, num_envs: int, action_shape: tuple, discrete: bool, device):
+        self.steps, self.num_envs, self.device = int(steps), int(num_envs), device
+        t, n = self.steps, self.num_envs
+        self.obs: list[Obs] = []
+        act_dtype = torch.long if discrete else torch.float32
+        self.actions = torch.zeros((t, n, *action_shape), dtype=act_dtype, device=device)
+        self.log_probs = torch.zeros((t, n), device=device)
+        self.values = torch.zeros((t, n), device=device)
+        self.next_values = torch.zeros((t, n), device=device)
+        self.rewards = torch.zeros((t, n), device=device)
+        self.terminations = torch.zeros((t, n), device=device)
+        self.dones = torch.zeros((t, n), device=device)
+        self.valid = torch.ones((t, n), dtype=torch.bool, device=device)
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.obs = []
+        self.valid.fill_(True)
+        self.next_values.zero_()
+        self.pos = 0
+
+    def add(self, obs: Obs, actions, log_probs, values, rewards, terminations, dones, valid) -> None:
+        t = self.pos
+        self.obs.append(obs)
+        self.actions[t] = actions.reshape(self.actions[t].shape)
+        self.log_probs[t] = log_probs
+        self.values[t] = values
+        self.rewards[t] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
+        self.terminations[t] = torch.as_tensor(terminations, dtype=torch.float32, device=self.device)
+        self.dones[t] = torch.as_tensor(dones, dtype=torch.float32, device=self.device)
+        self.valid[t] = torch.as_tensor(valid, dtype=torch.bool, device=self.device)
+        self.pos += 1
+
+    def flat_obs(self) -> Obs:
+        """All observations, time-major flattened to ``steps * num_envs`` rows (tensors on device)."""
+        first = self.obs[0]
+        if isinstance(first, torch.Tensor):
+            return torch.cat(self.obs)
+        return concat_obs(self.obs)
+
+
+# ------------------------------------------------------------------------------------------------
+# running normalisation (kept in buffers, so checkpoints carry it)
+# ------------------------------------------------------------------------------------------------
+class RunningMeanStd(nn.Module):
+    """Running mean and variance (Chan et al.'s parallel update), as Stable-Baselines3's VecNormalize."""
+
+    def __init__(self, shape: tuple = (), epsilon: float = 1e-4):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(float(epsilon), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x) -> None:
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float64).reshape(-1, *self.mean.shape)
+        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        self.mean += delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def std(self, epsilon: float = 1e-8) -> torch.Tensor:
+        return torch.sqrt(self.var + epsilon)
+
+
+class RewardScaler(nn.Module):
+    """Divide rewards by the running std of the discounted return (SB3 VecNormalize / CleanRL).
+
+    ``G_t = gamma * G_{t-1} * (1 - done_{t-1}) + r_t``;  ``r_t / sqrt(Var[G] + eps)``.
+    """
+
+    def __init__(self, num_envs: int, gamma: float, epsilon: float = 1e-8):
+        super().__init__()
+        self.rms = RunningMeanStd(())
+        self.register_buffer("returns", torch.zeros(num_envs, dtype=torch.float64))
+        self.gamma, self.epsilon = float(gamma), float(epsilon)
+
+    @torch.no_grad()
+    def __call__(self, rewards, dones, valid=None) -> np.ndarray:
+        r = torch.as_tensor(np.asarray(rewards), dtype=torch.float64)
+        keep = torch.ones_like(r, dtype=torch.bool) if valid is None else torch.as_tensor(np.asarray(valid))
+        self.returns.copy_(torch.where(keep, self.returns * self.gamma + r, self.returns))
+        if keep.any():
+            self.rms.update(self.returns[keep])
+        self.returns[torch.as_tensor(np.asarray(dones), dtype=torch.bool)] = 0.0
+        return (r / torch.sqrt(self.rms.var + self.epsilon)).numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# policies: defaults, checks, adapters
+# ------------------------------------------------------------------------------------------------
+def default_policy(observation_space, action_space, hidden: int) -> Policy:
+    """The kit's MLP policy for a flat Box observation: categorical for Discrete, Gaussian for Box."""
+    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+        raise IncompatibleError(
+            f"the default MLP policy needs a flat Box observation, but this env observes {observation_space}; "
+            "pass policy=... (e.g. VLAPolicy(model) for image+instruction observations, or --model_path)")
+    obs_dim = int(observation_space.shape[0])
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalPolicy(obs_dim, int(action_space.n), hidden=(hidden, hidden))
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        low, high = action_space.low, action_space.high
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            low, high = None, None  # unbounded actions: the Gaussian acts in raw units
+        return GaussianPolicy(obs_dim, int(action_space.shape[0]), hidden=(hidden, hidden),
+                              action_low=low, action_high=high)
+    raise IncompatibleError(f"action space {action_space} is not supported: use a Discrete or a flat Box space")
+
+
+def _overrides(policy, name: str) -> bool:
+    """Whether ``policy`` implements ``name`` itself (not the base class's NotImplementedError stub)."""
+    method = getattr(type(policy), name, None)
+    return method is not None and method is not getattr(Policy, name, None)
+
+
+class GaussianExploration(Policy):
+    """A deterministic policy made stochastic for on-policy fine-tuning (e.g. TD3+BC's actor).
+
+    ``a ~ N(mu(s), diag(sigma^2))`` in the unit action box, with ``mu(s)`` the wrapped policy's
+    deterministic action mapped to [-1, 1] and a learnable state-independent ``log sigma``
+    (initially ``log_std_init``). Observation normalisation and action bounds stay the wrapped
+    policy's, so its behaviour is unchanged in deterministic mode.
+    """
+
+    def __init__(self, base: Policy, log_std_init: float = -1.0):
+        nn.Module.__init__(self)
+        self.base = base
+        self.obs_dim, self.action_dim = base.obs_dim, base.action_dim
+        self.log_std = nn.Parameter(torch.full((base.action_dim,), float(log_std_init), device=base.device))
+
+    def normalize(self, obs):
+        return self.base.normalize(obs)
+
+    def set_obs_normalization(self, mean, std):
+        self.base.set_obs_normalization(mean, std)
+
+    def scale_action(self, unit_action):
+        return self.base.scale_action(unit_action)
+
+    def unscale_action(self, action):
+        return self.base.unscale_action(action)
+
+    def distribution(self, obs):
+        mean = self.base.unscale_action(self.base.get_action(obs, deterministic=True))
+        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(mean)
+        return Normal(mean, std)
+
+    def get_action(self, obs, deterministic=False):
+        dist = self.distribution(obs)
+        return self.scale_action(dist.mean if deterministic else dist.sample())
+
+    def log_prob(self, obs, actions):
+        return self.distribution(obs).log_prob(self.unscale_action(actions)).sum(-1)
+
+    def entropy(self, obs):
+        return self.distribution(obs).entropy().sum(-1)
+
+
+def as_stochastic(policy: nn.Module, log_std_init: float = -1.0) -> nn.Module:
+    """Return ``policy`` if it gives action log-likelihoods, else wrap a deterministic
+    :class:`~vla_rl_lib.nets.Policy` in :class:`GaussianExploration`."""
+    if _overrides(policy, "log_prob") or not isinstance(policy, Policy):
+        return policy
+    return GaussianExploration(policy, log_std_init)
+
+
+def check_policy(policy, observation_space, action_space, device) -> None:
+    """Raise :class:`IncompatibleError` unless ``policy`` acts in ``action_space`` on ``observation_space``."""
+    for name in ("get_action", "log_prob"):
+        if not callable(getattr(policy, name, None)):
+            raise IncompatibleError(f"the policy ({type(policy).__name__}) has no {name}(); on-policy training needs "
+                                    "the policy interface of vla_rl_lib.nets (get_action, log_prob, entropy, ...)")
+    discrete_space = isinstance(action_space, gym.spaces.Discrete)
+    if bool(getattr(policy, "discrete", False)) != discrete_space:
+        kind = "discrete" if getattr(policy, "discrete", False) else "continuous"
+        raise IncompatibleError(f"the policy ({type(policy).__name__}) gives {kind} actions but the environment's "
+                                f"action space is {action_space}; use a policy built for this environment")
+    if discrete_space and hasattr(policy, "n_actions") and int(policy.n_actions) != int(action_space.n):
+        raise IncompatibleError(f"the policy chooses among {policy.n_actions} actions but the environment has "
+                                f"{action_space.n}; build the policy with n_actions={action_space.n}")
+    if isinstance(observation_space, gym.spaces.Box) and hasattr(policy, "obs_dim") \
+            and len(observation_space.shape) == 1 and int(policy.obs_dim) != int(observation_space.shape[0]):
+        raise IncompatibleError(f"the policy takes observations of size {policy.obs_dim} but the environment gives "
+                                f"{observation_space.shape[0]}; use a policy trained on this environment")
+    sample = stack_obs([observation_space.sample()])
+    try:
+        with torch.no_grad():
+            action = policy.get_action(obs_to_tensor(sample, device), deterministic=True)
+    except Exception as exc:  # a policy that cannot even act on one observation does not fit
+        raise IncompatibleError(f"the policy ({type(policy).__name__}) failed on an observation of {observation_space}: "
+                                f"{type(exc).__name__}: {exc}") from None
+    shape = tuple(action.shape)
+    want = (1,) if discrete_space else (1, *action_space.shape)
+    if shape != want and not (discrete_space and shape == (1, 1)):
+        raise IncompatibleError(f"the policy's actions have shape {shape[1:]} per observation but the environment's "
+                                f"action space {action_space} needs {want[1:]}; use a policy with the right action size")
+
+
+def load_model_policy(model_path: str) -> nn.Module:
+    """``VLAPolicy(VLAModel.from_pretrained(model_path))`` for ``--model_path``."""
+    try:
+        from vla_rl_lib.vla.model import VLAModel
+        from vla_rl_lib.vla.policy import VLAPolicy
+    except ImportError as exc:
+        raise MissingDependencyError(f"--model_path needs the kit's VLA module (vla_rl_lib.vla): {exc}") from None
+    return VLAPolicy(VLAModel.from_pretrained(model_path))
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy with gradients switched off (GRPO's reference policy)."""
+    ref = copy.deepcopy(module)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref.eval()
