@@ -280,6 +280,8 @@ class Trainer:
             "config": self.config.to_dict(),
             "hparams": self.hparams.to_dict() if self.hparams is not None else {},
             "init": dict(self._init_args),
+            "env_id": getattr(self, "env_id", None),
+            "dataset_name": getattr(self, "dataset_name", None),
             "kit_version": __version__,
         }
 
@@ -326,6 +328,9 @@ class Trainer:
                                       f"({str(exc).splitlines()[0][:200]}); check obs/action sizes and network sizes") from None
         set_rng_state(state["rng"])
         self.global_step = int(state["global_step"])
+        if isinstance(self, OfflineTrainer):  # where to evaluate and whose reference scores apply
+            self.env_id = self.env_id or meta.get("env_id")
+            self.dataset_name = self.dataset_name or meta.get("dataset_name")
         self.load_extra_state(state.get("extra", {}))
         return self
 
