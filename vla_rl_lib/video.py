@@ -6,6 +6,7 @@ without a display); classic-control tasks render through pygame's dummy video dr
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -34,10 +35,19 @@ def write_video(frames, path: str | Path, fps: int = 30) -> Path:
         raise ValueError("no frames to write")
 
     def write(tmp):
-        with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                pixelformat="yuv420p", macro_block_size=1, output_params=["-loglevel", "error"]) as writer:
-            for frame in frames:
-                writer.append_data(frame)
+        # imageio's FFMPEG plugin refuses a file name that does not end in a video extension, so
+        # write "<tmp>.mp4" and move it onto the temporary name that atomic_write renames into place.
+        tmp_mp4 = f"{tmp}.mp4"
+        try:
+            with imageio.get_writer(tmp_mp4, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", macro_block_size=1,
+                                    output_params=["-loglevel", "error"]) as writer:
+                for frame in frames:
+                    writer.append_data(frame)
+            os.replace(tmp_mp4, tmp)
+        finally:
+            if os.path.exists(tmp_mp4):
+                os.unlink(tmp_mp4)
 
     return atomic_write(path, write)
 
