@@ -1,0 +1,39 @@
+"""ipywidgets front ends of the kit. They call :mod:`vla_rl_lib`; the library never imports them.
+
+* :class:`LivePlot`: a trainer callback drawing reward and metrics live (static PNG when headless).
+* :class:`RolloutPlayer`: a rollout video with a step slider showing frame, instruction and action.
+* :class:`HyperparameterPanel`: controls generated from the config dataclasses and a Run button.
+* :class:`MethodChooser`: the specification's decision tree, recommending a method and its notebook.
+* :class:`DatasetExplorer`: return/length histograms, action ranges and quality of a dataset.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "LivePlot": "widgets.live_plot",
+    "RolloutPlayer": "widgets.rollout_player",
+    "HyperparameterPanel": "widgets.hyperparameter_panel",
+    "MethodChooser": "widgets.method_chooser",
+    "DatasetExplorer": "widgets.dataset_explorer",
+    "comparison_html": "widgets.method_chooser",
+    "show_health": "widgets.report",
+    "show_video": "widgets.report",
+    "show_overestimation": "widgets.report",
+    "health_html": "widgets.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'widgets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
