@@ -71,6 +71,8 @@ def rollout_frames(agent, env_id, seed: int = 0, deterministic: bool = True, max
     for _ in range(max_steps):
         action = agent.predict(obs, deterministic=deterministic)
         obs, reward, terminated, truncated, info = env.step(action)
+        if hasattr(agent, "observe_reward"):  # sequence models (Decision Transformer) track the return-to-go
+            agent.observe_reward(float(reward))
         frames.append(env.render())
         actions.append(np.asarray(action).tolist())
         rewards.append(float(reward))
