@@ -34,6 +34,7 @@ _LAZY = {
     "DiscretizeActions": "vla_rl_lib.envs.wrappers",
     "tokenize_actions": "vla_rl_lib.envs.wrappers",
     "detokenize_actions": "vla_rl_lib.envs.wrappers",
+    "StateObservation": "vla_rl_lib.envs.wrappers",
     "CarlaDrivingEnv": "vla_rl_lib.envs.carla_adapter",
 }
 

@@ -1,0 +1,432 @@
+"""Many driving worlds stepped at once with torch: a gymnasium vector env.
+
+:class:`BatchedDrivingEnv` holds every world's state as tensors of shape ``(num_envs, ...)`` and
+runs the same dynamics, task logic, state vector, reward (:func:`compute_reward` is called on whole
+batches) and picture as :class:`~vla_rl_lib.envs.driving.DrivingEnv`. New episodes are drawn by
+the same :func:`~vla_rl_lib.envs.driving.sample_scenario`, from one numpy Generator per world seeded
+``seed + i`` exactly as gymnasium seeds a ``SyncVectorEnv``: the batched env and a SyncVectorEnv of
+``DrivingEnv`` given the same seed and actions produce the same episodes (up to float rounding).
+
+Rendering is batched too: the road is gathered from a pre-drawn label strip, every car's rectangle
+is the outer product of a row mask and a column mask (one ``bmm`` paints all cars of all worlds),
+labels are combined by ``max`` (a higher label is painted on top), and a palette lookup makes RGB.
+
+``device="cuda"`` runs it all on a GPU. ``return_tensors="numpy"`` (default, as gymnasium vector
+envs do) or ``"torch"`` (tensors on ``device``; best on a GPU) chooses what ``step`` returns.
+Autoreset follows gymnasium's ``NEXT_STEP`` mode by default (the step after an episode ends resets
+that world and ignores its action; reward 0, not done); ``autoreset_mode="same_step"`` resets in the
+same step and puts the last observation in ``info["final_obs"]`` (valid where
+``info["_final_obs"]``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from vla_rl_lib.envs import driving as D
+from vla_rl_lib.errors import ConfigError, IncompatibleError
+
+_MODES = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
+
+
+class BatchedDrivingEnv(VectorEnv):
+    """``num_envs`` driving worlds in torch tensors (see the module docstring).
+
+    Args are those of :class:`DrivingEnv` plus ``num_envs``, ``device``, ``dtype`` (float64 on CPU,
+    float32 on CUDA by default), ``return_tensors`` ("numpy" | "torch"), ``autoreset_mode``
+    ("next_step" | "same_step") and ``render_images`` (False leaves ``image`` all zeros, faster).
+    """
+
+    def __init__(self, num_envs: int = 64, difficulty: str = "easy", instruction: Optional[str] = None,
+                 image_size: int = 64, num_lanes: int = 3, max_episode_steps: int = 200,
+                 reward_fn: Optional[Callable[..., Any]] = None, device: str = "cpu",
+                 dtype: Optional[torch.dtype] = None, return_tensors: str = "numpy",
+                 autoreset_mode: str = "next_step", render_images: bool = True):
+        if int(num_envs) < 1:
+            raise ConfigError(f"num_envs={num_envs!r} must be >= 1")
+        if return_tensors not in ("numpy", "torch"):
+            raise ConfigError(f"return_tensors={return_tensors!r}: use 'numpy' or 'torch'")
+        if autoreset_mode not in _MODES:
+            raise ConfigError(f"autoreset_mode={autoreset_mode!r}: use one of {', '.join(_MODES)}")
+        # one single env describes the spaces and validates the shared arguments
+        single = D.DrivingEnv(difficulty=difficulty, instruction=instruction, image_size=image_size,
+                              num_lanes=num_lanes, max_episode_steps=max_episode_steps)
+        self.num_envs = int(num_envs)
+        self.difficulty = single.difficulty
+        self.instruction = single.instruction
+        self.image_size, self.num_lanes = single.image_size, single.num_lanes
+        self.max_episode_steps = single.max_episode_steps
+        self.reward_fn = D.compute_reward if reward_fn is None else reward_fn
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+        self.dtype = dtype or (torch.float64 if self.device.type == "cpu" else torch.float32)
+        self.return_tensors = return_tensors
+        self.render_images = bool(render_images)
+        self.metadata = {"autoreset_mode": _MODES[autoreset_mode], "render_modes": []}
+
+        self.single_observation_space = single.observation_space
+        self.single_action_space = single.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+
+        n, k, dev, dt = self.num_envs, D.max_cars(self.num_lanes), self.device, self.dtype
+        zeros = lambda *shape, dtype=dt: torch.zeros(*shape, dtype=dtype, device=dev)  # noqa: E731
+        self.x, self.y, self.v, self.heading = zeros(n), zeros(n), zeros(n), zeros(n)
+        self.npc_x, self.npc_y, self.npc_v = zeros(n, k), zeros(n, k), zeros(n, k)
+        self.stop_line_y, self.progress, self.noise = zeros(n), zeros(n), zeros(n)
+        self.prev_action = zeros(n, 2)
+        self.task = zeros(n, dtype=torch.long)
+        self.start_lane = zeros(n, dtype=torch.long)
+        self.steps = zeros(n, dtype=torch.long)
+        self.passed = zeros(n, dtype=torch.bool)
+        self.failed = zeros(n, dtype=torch.bool)
+        self._needs_reset = zeros(n, dtype=torch.bool)
+        self._rngs = [seeding.np_random(None)[0] for _ in range(n)]
+        self._fixed = [None if self.instruction is None else D.instruction_id(self.instruction)] * n
+        self._loaded = False
+
+        # rendering constants
+        g = self._geom = D.RoadGeometry(self.num_lanes, self.image_size)
+        self._strip = torch.as_tensor(g.strip, device=dev)
+        self._palette = torch.as_tensor(D.PALETTE, device=dev)
+        self._ego_top = D._round(g.row(D.CAR_LENGTH / 2))
+        self._ego_bottom = D._round(g.row(-D.CAR_LENGTH / 2))
+        self._arange_h = torch.arange(g.size, device=dev)
+        self._world = torch.arange(n, device=dev)
+        self._side = torch.tensor([-1.0, 0.0, 1.0], dtype=dt, device=dev)  # left, own, right lane
+        self._ahead = torch.tensor([True, False], device=dev)
+        self._spare = n * g.size * g.size  # index of the spare pixel that takes clipped paint
+        views = [torch.as_tensor(D.PALETTE[g.strip[o:o + g.size]]) for o in range(g.period)]
+        self._road_views = torch.stack(views).to(dev)  # (period, H, W, 3): every scroll position
+        self._colours = self._palette
+        self._car_h = int(np.ceil(D.CAR_LENGTH * g.sy)) + 1  # patch sizes that hold any rounding
+        self._car_w = int(np.ceil(D.CAR_WIDTH * g.sx)) + 1
+        self._line_h = int(np.ceil(D.STOP_LINE_WIDTH * g.sy)) + 1
+
+    # ---- curriculum --------------------------------------------------------------------------
+    def set_difficulty(self, difficulty: str) -> None:
+        """Use ``difficulty`` for every episode that starts from now on."""
+        self.difficulty = D.get_difficulty(difficulty)
+
+    # ---- episodes ------------------------------------------------------------------------------
+    def _load(self, indices) -> None:
+        """Draw new scenarios for worlds ``indices`` (each from its own Generator) and reset them."""
+        idx = list(indices)
+        if not idx:
+            return
+        scs = [D.sample_scenario(self._rngs[i], self.difficulty, self.num_lanes, self._fixed[i]) for i in idx]
+        t = lambda a, dtype=self.dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.device)  # noqa
+        ii = torch.as_tensor(idx, device=self.device)
+        self.task[ii] = t([s.instruction for s in scs], torch.long)
+        self.start_lane[ii] = t([s.start_lane for s in scs], torch.long)
+        self.x[ii] = t([D.lane_centre(s.start_lane) for s in scs])
+        self.y[ii] = 0.0
+        self.v[ii] = t([s.ego_speed for s in scs])
+        self.heading[ii] = 0.0
+        self.npc_x[ii] = t(np.stack([s.npc_x for s in scs]))
+        self.npc_y[ii] = t(np.stack([s.npc_y for s in scs]))
+        self.npc_v[ii] = t(np.stack([s.npc_v for s in scs]))
+        self.stop_line_y[ii] = t([s.stop_line_y for s in scs])
+        self.noise[ii] = self.difficulty.action_noise
+        self.steps[ii] = 0
+        self.passed[ii] = False
+        self.failed[ii] = False
+        self.progress[ii] = 0.0
+        self.prev_action[ii] = 0.0
+        self._needs_reset[ii] = False
+        self._any_noise = bool((self.noise > 0).any())
+        self._refresh()
+
+    def reset(self, *, seed=None, options: Optional[dict] = None):
+        options = dict(options or {})
+        unknown = set(options) - {"instruction", "difficulty", "reset_mask"}
+        if unknown:
+            raise ConfigError(f"reset options {sorted(unknown)} are not understood; "
+                              "use 'instruction', 'difficulty' and/or 'reset_mask'")
+        if "difficulty" in options:
+            self.set_difficulty(options["difficulty"])
+        mask = options.get("reset_mask")
+        idx = list(range(self.num_envs)) if mask is None else [int(i) for i in np.flatnonzero(np.asarray(mask))]
+        if seed is not None:
+            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, (int, np.integer)) else list(seed)
+            if len(seeds) != self.num_envs:
+                raise ConfigError(f"seed list has {len(seeds)} entries for {self.num_envs} envs")
+            for i in idx:
+                self._rngs[i] = seeding.np_random(None if seeds[i] is None else int(seeds[i]))[0]
+        if "instruction" in options:
+            ins = options["instruction"]
+            ins = [ins] * self.num_envs if ins is None or isinstance(ins, (str, int)) else list(ins)
+            if len(ins) != self.num_envs:
+                raise ConfigError(f"instruction list has {len(ins)} entries for {self.num_envs} envs")
+            for i in idx:
+                self._fixed[i] = None if ins[i] is None else D.instruction_id(ins[i])
+        self._load(idx)
+        self._loaded = True
+        info = self._info(torch.zeros(self.num_envs, dtype=torch.bool, device=self.device),
+                          torch.zeros(self.num_envs, dtype=torch.bool, device=self.device),
+                          {k: torch.zeros(self.num_envs, dtype=self.dtype, device=self.device)
+                           for k in D.REWARD_TERMS})
+        return self._out(self._observation()), self._out(info)
+
+    def step(self, actions):
+        if not self._loaded:
+            raise ConfigError("call reset() before step() on BatchedDrivingEnv")
+        a = torch.as_tensor(actions, device=self.device).to(self.dtype)
+        if tuple(a.shape) != (self.num_envs, 2):
+            raise IncompatibleError(
+                f"batched driving actions must have shape ({self.num_envs}, 2) = (steering, acceleration) "
+                f"per env, got {tuple(a.shape)}"
+            )
+        a = a.clamp(-1.0, 1.0)
+        resetting = self._needs_reset.clone() if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP \
+            else torch.zeros_like(self._needs_reset)
+        executed = a
+        if self._any_noise:  # the same draws as DrivingEnv, from each world's Generator
+            active = (~resetting).cpu().numpy()
+            noise = np.zeros((self.num_envs, 2))
+            for i, std in enumerate(self.noise.cpu().numpy()):
+                if std > 0 and active[i]:
+                    noise[i] = self._rngs[i].normal(0.0, std, 2)
+            executed = (a + torch.as_tensor(noise, dtype=self.dtype, device=self.device)).clamp(-1.0, 1.0)
+
+        # 1. ego cars: kinematic bicycle, semi-implicit Euler (as DrivingEnv.step)
+        steer, accel = executed[:, 0], executed[:, 1]
+        self.v = (self.v + accel * D.MAX_ACCEL * D.DT).clamp(0.0, D.MAX_SPEED)
+        self.heading = (self.heading + self.v / D.WHEELBASE * torch.tan(steer * D.MAX_STEER) * D.DT).clamp(
+            -D.MAX_HEADING, D.MAX_HEADING)
+        self.x = self.x + self.v * torch.sin(self.heading) * D.DT
+        self.y = self.y + self.v * torch.cos(self.heading) * D.DT
+        # 2. traffic
+        self.npc_y = self.npc_y + self.npc_v * D.DT
+        rel = self.npc_y - self.y[:, None]
+        self.npc_y = self.npc_y + D.TRAFFIC_RING * ((rel < -D.RING_BEHIND).to(self.dtype)
+                                                   - (rel >= D.TRAFFIC_RING - D.RING_BEHIND).to(self.dtype))
+        # 3. what happened
+        self._refresh()
+        collision = self._collided()
+        success = self._update_task() & ~collision
+        progress = torch.where(self.task == D.STOP,
+                               torch.minimum(self.y, self.stop_line_y - D.CAR_LENGTH / 2), self.y)
+        terms = self.reward_fn(collision=collision, success=success, progress_delta=progress - self.progress,
+                               lane_offset=self._lane_offset(), action=a, prev_action=self.prev_action)
+        if not isinstance(terms, dict):
+            terms = {"custom": terms}
+        terms = {k: v if isinstance(v, torch.Tensor) and v.shape == (self.num_envs,) and v.dtype == self.dtype
+                 else torch.as_tensor(v, dtype=self.dtype, device=self.device).expand(self.num_envs).clone()
+                 for k, v in terms.items()}
+        reward = sum(terms.values())
+        self.progress = progress
+        self.prev_action = a
+        self.steps = self.steps + 1
+        terminated = collision | success
+        truncated = ~terminated & (self.steps >= self.max_episode_steps)
+
+        final_obs = None
+        if resetting.any():  # NEXT_STEP: these worlds only reset this step
+            ridx = resetting.nonzero().flatten().tolist()
+            self._load(ridx)
+            for tensor in (reward, terminated, truncated, collision, success, *terms.values()):
+                tensor[resetting] = 0
+        done = terminated | truncated
+        if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
+            self._needs_reset = done.clone()
+        elif done.any():  # SAME_STEP
+            final_obs = self._observation()
+            self._load(done.nonzero().flatten().tolist())
+        info = self._info(collision, success, terms)
+        if final_obs is not None:
+            info["final_obs"], info["_final_obs"] = final_obs, done
+        return (self._out(self._observation()), self._out(reward.float()), self._out(terminated),
+                self._out(truncated), self._out(info))
+
+    # ---- task logic (vectorised DrivingEnv methods) -----------------------------------------------
+    def _start_x(self):
+        return (self.start_lane.to(self.dtype) + 0.5) * D.LANE_WIDTH
+
+    def _refresh(self):
+        """Cache the offsets from the start lane and the target lane after the state changed."""
+        self._start_off = self.x - self._start_x()
+        self._lane_off = self.x - self._target_x()
+
+    def _current_lane(self):
+        return torch.floor(self.x / D.LANE_WIDTH).clamp(0, self.num_lanes - 1)
+
+    def _target_x(self):
+        start = self._start_x()
+        t = start + D.LANE_WIDTH * ((self.task == D.RIGHT).to(self.dtype) - (self.task == D.LEFT).to(self.dtype))
+        nearest = (self._current_lane() + 0.5) * D.LANE_WIDTH
+        return torch.where(self.task == D.OVERTAKE, nearest, t)
+
+    def _lane_offset(self):
+        return self._lane_off
+
+    def _collided(self):
+        road = self.num_lanes * D.LANE_WIDTH
+        off_road = (self.x - D.CAR_WIDTH / 2 < 0.0) | (self.x + D.CAR_WIDTH / 2 > road)
+        hit = ((self.npc_x - self.x[:, None]).abs() < D.CAR_WIDTH) & \
+              ((self.npc_y - self.y[:, None]).abs() < D.CAR_LENGTH)
+        return off_road | hit.any(1)
+
+    def _update_task(self):
+        task = self.task
+        start_off = self._start_off
+        straight = self.heading.abs() < D.HEADING_TOLERANCE
+        to_line = self.stop_line_y - (self.y + D.CAR_LENGTH / 2)
+        self.failed |= ((task == D.KEEP) & (start_off.abs() > D.KEEP_TOLERANCE)) | ((task == D.STOP) & (to_line < 0))
+        passed_now = (self.y - D.CAR_LENGTH / 2) - (self.npc_y[:, 0] + D.CAR_LENGTH / 2) >= D.PASS_MARGIN
+        self.passed |= (task == D.OVERTAKE) & passed_now
+        keep = ~self.failed & (self.y >= D.KEEP_DISTANCE)
+        change = (self._lane_offset().abs() < D.LANE_TOLERANCE) & straight
+        stop = ~self.failed & (self.v < D.STOP_SPEED) & (to_line <= D.STOP_ZONE) & (start_off.abs() < 1.0)
+        overtake = self.passed & (start_off.abs() < D.LANE_TOLERANCE) & straight
+        return torch.stack([keep, change, change, stop, overtake], 1).gather(1, task[:, None]).squeeze(1)
+
+    # ---- observations ----------------------------------------------------------------------------
+    def _gaps(self):
+        """Gaps (m, clipped to SENSE_RANGE) to the nearest cars ahead/behind in the lanes left of,
+        at and right of the ego car, as (N, 3, 2) [lane, ahead/behind], and the speed of the car
+        ahead in the ego lane (as DrivingEnv._gaps)."""
+        lane = self._current_lane()
+        lanes = lane[:, None] + self._side  # (N, 3)
+        rel = (self.npc_y - self.y[:, None])[:, None, None, :]  # (N, 1, 1, K)
+        npc_lane = torch.floor(self.npc_x / D.LANE_WIDTH)[:, None, None, :]
+        side = torch.where(self._ahead[None, None, :, None], rel >= 0, rel < 0)  # (N, 1, 2, K)
+        mask = (npc_lane == lanes[:, :, None, None]) & side  # (N, 3, 2, K)
+        d = torch.where(mask, rel.abs(), torch.full_like(mask, float("inf"), dtype=self.dtype))
+        dmin, i = d.min(-1)
+        gap = torch.where(mask.any(-1), (dmin - D.CAR_LENGTH).clamp(0.0, D.SENSE_RANGE),
+                          torch.full_like(dmin, D.SENSE_RANGE))
+        valid = (lanes >= 0) & (lanes < self.num_lanes)
+        gap = torch.where(valid[:, :, None], gap, torch.zeros_like(gap))
+        v_ahead = self.npc_v.gather(1, i[:, 1, 0:1]).squeeze(1)
+        return gap, v_ahead
+
+    def _state(self):
+        gaps, v_ahead = self._gaps()
+        gap = gaps[:, 1, 0]
+        closing = torch.where(gap < D.SENSE_RANGE, self.v - v_ahead, torch.zeros_like(gap))
+        half_road = self.num_lanes * D.LANE_WIDTH / 2
+        cols = [
+            self._lane_offset() / D.LANE_WIDTH,
+            self.heading,
+            self.v / D.MAX_SPEED,
+            (self.x - half_road) / half_road,
+            ((self.stop_line_y - self.y - D.CAR_LENGTH / 2) / D.SENSE_RANGE).clamp(-1.0, 1.0),
+            gap / D.SENSE_RANGE,
+            closing / D.MAX_SPEED,
+            gaps[:, 0, 0] / D.SENSE_RANGE,
+            gaps[:, 0, 1] / D.SENSE_RANGE,
+            gaps[:, 2, 0] / D.SENSE_RANGE,
+            gaps[:, 2, 1] / D.SENSE_RANGE,
+            ((self.npc_y[:, 0] - self.y) / D.SENSE_RANGE).clamp(-1.0, 1.0),
+            self._start_off / D.LANE_WIDTH,
+        ]
+        onehot = torch.nn.functional.one_hot(self.task, len(D.INSTRUCTIONS)).to(self.dtype)
+        return torch.cat([torch.stack(cols, 1), onehot], 1).float()
+
+    def _paint(self, buf, world, top, bottom, left, right, h_max, w_max, colour):
+        """Fill rectangles [top, bottom) x [left, right) of image ``world`` (all 1-D, one per rectangle).
+
+        ``buf`` is the flat (N*H*W + 1, 3) uint8 image buffer. Each rectangle is an ``h_max`` x
+        ``w_max`` patch of pixel indices; pixels outside the rectangle or the image go to the spare
+        last pixel. Three ``index_fill_`` calls (one per colour channel) paint every rectangle at once.
+        """
+        size = self.image_size
+        rows = top[:, None] + self._arange_h[:h_max]  # (M, h_max)
+        cols = left[:, None] + self._arange_h[:w_max]  # (M, w_max)
+        rok = (rows >= 0) & (rows < size) & (rows < bottom[:, None])
+        cok = (cols >= 0) & (cols < size) & (cols < right[:, None])
+        flat = ((world[:, None] * size + rows) * size)[:, :, None] + cols[:, None, :]
+        flat = flat.masked_fill(~(rok[:, :, None] & cok[:, None, :]), self._spare).flatten()
+        for c in range(3):
+            buf[:, c].index_fill_(0, flat, int(colour[c]))
+
+    def _render(self):
+        g, n, size = self._geom, self.num_envs, self.image_size
+        rnd = lambda v: torch.floor(v + 0.5).long()  # noqa: E731  (round half up, as DrivingEnv)
+        buf = torch.empty(n * size * size + 1, 3, dtype=torch.uint8, device=self.device)
+        image = buf[:-1].view(n, size, size, 3)
+        # road: one of the `period` pre-drawn scrolled views
+        c = torch.floor(self.y * g.sy).long() + D._round(g.ego_row)
+        torch.index_select(self._road_views, 0, torch.remainder(-c, g.period), out=image)
+        # stop line: a band across the road
+        rel = self.stop_line_y - self.y
+        top = rnd(g.ego_row - (rel + D.STOP_LINE_WIDTH / 2) * g.sy)
+        bottom = rnd(g.ego_row - (rel - D.STOP_LINE_WIDTH / 2) * g.sy)
+        c0, c1 = g.road_cols
+        seen = (bottom > 0) & (top < size)
+        if seen.any():
+            w = seen.nonzero().flatten()
+            self._paint(buf, w, top[w], bottom[w], torch.full_like(w, c0), torch.full_like(w, c1),
+                        self._line_h, c1 - c0, D.PALETTE[4])
+        # other cars in view, then their windscreens
+        rel = self.npc_y - self.y[:, None]
+        w, k = ((rel < g.ahead) & (rel > -g.behind) & (self.npc_x > 0)).nonzero(as_tuple=True)
+        if len(w):
+            rel, x = rel[w, k], self.npc_x[w, k]
+            top = rnd(g.ego_row - (rel + D.CAR_LENGTH / 2) * g.sy)
+            bottom = rnd(g.ego_row - (rel - D.CAR_LENGTH / 2) * g.sy)
+            left = rnd((x - D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
+            right = rnd((x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
+            self._paint(buf, w, top, bottom, left, right, self._car_h, self._car_w, D.PALETTE[5])
+            self._paint(buf, w, top + 1, top + 1 + g.window_len, left + 1, right - 1, g.window_len,
+                        self._car_w, D.PALETTE[6])
+        # the ego car: fixed rows, columns from x, windscreen shifted sideways by the heading
+        left = rnd((self.x - D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
+        right = rnd((self.x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
+        shift = rnd(torch.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx)
+        top = torch.full_like(left, self._ego_top)
+        self._paint(buf, self._world, top, torch.full_like(left, self._ego_bottom), left, right, self._car_h,
+                    self._car_w, D.PALETTE[7])
+        self._paint(buf, self._world, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift,
+                    g.window_len, self._car_w, D.PALETTE[8])
+        return image
+
+    def _observation(self):
+        if self.render_images:
+            image = self._render()
+        else:
+            image = torch.zeros(self.num_envs, self.image_size, self.image_size, 3, dtype=torch.uint8,
+                                device=self.device)
+        instructions = tuple(D.INSTRUCTIONS[t] for t in self.task.tolist())
+        return {"image": image, "instruction": instructions, "state": self._state()}
+
+    def _info(self, collision, success, terms):
+        return {
+            "success": success.clone(),
+            "collision": collision.clone(),
+            "lane_offset": self._lane_offset().float(),
+            "progress": self.progress.float(),
+            "reward_terms": {k: v.float() for k, v in terms.items()},
+            "instruction": tuple(D.INSTRUCTIONS[t] for t in self.task.tolist()),
+        }
+
+    def _out(self, value):
+        """Tensors -> numpy arrays when ``return_tensors="numpy"`` (recursively through dicts)."""
+        if self.return_tensors == "torch":
+            return value
+        if isinstance(value, dict):
+            return {k: self._out(v) for k, v in value.items()}
+        if isinstance(value, torch.Tensor):
+            return value.cpu().numpy()
+        return value
+
+    def privileged_state(self, i: int) -> dict:
+        """World ``i``'s full state as :meth:`DrivingEnv.privileged_state` gives it (for experts)."""
+        f = lambda t: t[i].item()  # noqa: E731
+        return {
+            "x": f(self.x), "y": f(self.y), "v": f(self.v), "heading": f(self.heading),
+            "task": int(self.task[i]), "start_lane": int(self.start_lane[i]), "num_lanes": self.num_lanes,
+            "npc_x": self.npc_x[i].cpu().numpy().astype(np.float64),
+            "npc_y": self.npc_y[i].cpu().numpy().astype(np.float64),
+            "npc_v": self.npc_v[i].cpu().numpy().astype(np.float64),
+            "stop_line_y": f(self.stop_line_y), "passed": bool(self.passed[i]), "failed": bool(self.failed[i]),
+            "steps": int(self.steps[i]), "progress": f(self.progress),
+        }
