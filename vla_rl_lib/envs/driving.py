@@ -139,6 +139,7 @@ STATE_FIELDS = (
     "start_lane_offset",  # (x - centre of the lane we started in) / LANE_WIDTH
 ) + tuple(f"instruction_{i}" for i in range(len(INSTRUCTIONS)))  # one-hot, for state-only agents
 STATE_DIM = len(STATE_FIELDS)
+STATE_BOUND = 3.0  # every entry stays within [-3, 3] (the Box bounds of obs["state"])
 
 
 @dataclass(frozen=True)
@@ -426,7 +427,7 @@ class DrivingEnv(gym.Env):
             "image": spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8),
             "instruction": spaces.Text(max_length=INSTRUCTION_MAX_LENGTH, min_length=1,
                                        charset=INSTRUCTION_CHARSET),
-            "state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+            "state": spaces.Box(-STATE_BOUND, STATE_BOUND, (STATE_DIM,), np.float32),
         })
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         self._scenario: Optional[Scenario] = None
