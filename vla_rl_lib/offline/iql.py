@@ -1,0 +1,248 @@
+"""Implicit Q-Learning (IQL; Kostrikov, Nair and Levine, 2021, "Offline Reinforcement Learning with
+Implicit Q-Learning").
+
+IQL never asks the critic about actions that are not in the dataset. It learns
+
+1. a state value ``V(s)`` by *expectile regression* on the (target) Q-values of dataset actions,
+   an upper expectile (``tau > 0.5``) approximating the best action *supported by the data*:
+
+       L_V = E_(s,a)~D [ L2_tau( min_i Q_target_i(s, a) - V(s) ) ],   L2_tau(u) = |tau - 1(u < 0)| u^2
+
+2. twin Q-functions by a Bellman backup *through V* (no max over actions, no policy samples):
+
+       L_Q = E_(s,a,r,s',d)~D [ sum_i ( r + gamma (1 - d) V(s') - Q_i(s, a) )^2 ]
+
+3. the policy by advantage-weighted regression (AWR) onto dataset actions:
+
+       L_pi = E_(s,a)~D [ -min(exp(beta * (Q_target(s, a) - V(s))), 100) * log pi(a | s) ]
+
+   with ``beta`` the ``temperature`` (a deterministic policy replaces ``-log pi`` by ``||pi(s) - a||^2``).
+
+and moves the target critic by Polyak averaging, ``Q_target <- tau_polyak Q + (1 - tau_polyak) Q_target``.
+
+Implementation details follow CORL's single-file IQL (Tarasov et al.): a Gaussian policy with a
+tanh-squashed mean and state-independent log std, optional actor dropout, a cosine schedule of the
+actor's learning rate over the whole run, ``V(s')`` taken before the value step, and the weight
+clip at 100. Critics and value see ``policy.normalize(obs)`` and actions rescaled to [-1, 1].
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
+from vla_rl_lib.nets import DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, soft_update
+from vla_rl_lib.trainer import OfflineTrainer
+
+__all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "awr_policy_loss",
+           "dataset_obs_statistics", "env_action_bounds"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the losses
+# ------------------------------------------------------------------------------------------------
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric squared loss of expectile regression, averaged over the batch.
+
+    ``L2_tau(u) = |tau - 1(u < 0)| * u^2`` with ``u = Q(s, a) - V(s)``: positive errors (V below Q)
+    weigh ``tau``, negative ones ``1 - tau``, so for ``tau > 0.5`` V(s) estimates an upper expectile
+    of Q(s, a) over the dataset's actions (``tau = 0.5`` is plain mean-squared regression).
+    """
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+def q_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """TD regression of every critic onto one target.
+
+    ``L_Q = sum_i mean_B (Q_i(s, a) - y)^2`` with ``y = r + gamma (1 - d) V(s')`` (IQL) ;
+    ``q_values`` is ``(n_critics, B)``, ``target`` is ``(B,)`` and carries no gradient.
+    """
+    return (q_values - target.detach().unsqueeze(0)).pow(2).mean(dim=1).sum()
+
+
+def awr_policy_loss(bc_losses: torch.Tensor, advantages: torch.Tensor, temperature: float,
+                    max_weight: float = 100.0) -> torch.Tensor:
+    """Advantage-weighted regression: ``L_pi = mean_B[ min(exp(beta * A), max_weight) * l_bc ]``.
+
+    ``bc_losses`` is the per-sample behaviour-cloning loss ``l_bc = -log pi(a|s)`` (or
+    ``||pi(s) - a||^2`` for a deterministic policy), ``A = Q(s, a) - V(s)`` the advantage (no
+    gradient), ``beta`` the temperature. Actions better than V(s) are imitated more strongly.
+    """
+    weights = torch.exp(temperature * advantages.detach()).clamp(max=max_weight)
+    return (weights * bc_losses).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# dataset statistics shared by the offline trainers of this package (normaliser, action bounds)
+# ------------------------------------------------------------------------------------------------
+
+def dataset_obs_statistics(buffer, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (``+ eps``, as CORL) of the observations of a buffer's transitions.
+
+    A buffer that stores normalised observations (``buffer.normalize_states``) already knows them.
+    """
+    if getattr(buffer, "normalize_states", False):
+        return np.asarray(buffer.obs_mean, np.float32), np.asarray(buffer.obs_std, np.float32)
+    obs = buffer.get(torch.arange(len(buffer)))["observations"].double()
+    return obs.mean(0).float().cpu().numpy(), (obs.std(0, unbiased=False) + eps).float().cpu().numpy()
+
+
+def env_action_bounds(env_id: Optional[str]):
+    """``(low, high)`` of a continuous action space of the environment ``env_id`` (None if unknown)."""
+    if env_id is None:
+        return None
+    from vla_rl_lib.envs import make_env
+
+    env = make_env(env_id)
+    try:
+        space = env.action_space
+        low, high = getattr(space, "low", None), getattr(space, "high", None)
+        if low is None or not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            return None
+        return np.asarray(low, np.float32), np.asarray(high, np.float32)
+    finally:
+        env.close()
+
+
+def prepare_policy_for_buffer(trainer, policy: Policy, buffer) -> bool:
+    """Set ``policy``'s observation normaliser and action bounds from the dataset.
+
+    Returns True when the buffer's batches hold normalised observations (then the trainer turns
+    them back into raw observations, since policies normalise internally).
+    """
+    buffer_normalised = bool(getattr(buffer, "normalize_states", False))
+    if trainer.config.normalize_states or buffer_normalised:
+        mean, std = dataset_obs_statistics(buffer)
+        policy.set_obs_normalization(mean, std)
+    bounds = env_action_bounds(trainer.env_id) if trainer.env_id is not None else None
+    if bounds is not None and bounds[0].shape == (trainer.action_dim,):
+        policy.action_low.copy_(torch.as_tensor(bounds[0], device=policy.action_low.device))
+        policy.action_high.copy_(torch.as_tensor(bounds[1], device=policy.action_high.device))
+    return buffer_normalised
+
+
+# ------------------------------------------------------------------------------------------------
+# the trainer
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class IQLHyperparameters(ConfigBase):
+    """IQL's own settings (the shared ones live in :class:`OfflineRLConfig`)."""
+
+    expectile: float = hp(0.7, "expectile tau of the value regression (0.5: mean; ->1: max over data actions)",
+                          low=0, high=1, low_open=True, high_open=True, ui=(0.5, 0.99, 0.01))
+    temperature: float = hp(3.0, "inverse temperature beta of the advantage weights exp(beta*A)",
+                            low=0, low_open=True, ui=(0.1, 10.0, 0.1))
+    max_weight: float = hp(100.0, "clip of the advantage weights exp(beta*A)", low=0, low_open=True)
+    deterministic_policy: bool = hp(False, "deterministic tanh policy with squared-error regression "
+                                           "instead of a Gaussian with log-likelihood")
+    actor_dropout: Optional[float] = hp(None, "dropout rate of the actor's hidden layers (None: no dropout)",
+                                        low=0, high=1, high_open=True, nullable=True)
+    actor_lr_schedule: str = hp("cosine", "actor learning-rate schedule over the run", choices=("cosine", "constant"))
+    num_critics: int = hp(2, "number of Q-functions (the value regresses on their minimum)", low=1, ui=(1, 10, 1))
+
+
+class IQLTrainer(OfflineTrainer):
+    """Implicit Q-Learning (see the module docstring for the equations).
+
+    ``IQLTrainer(obs_dim=11, action_dim=3, config=config, expectile=0.7, temperature=3.0)``;
+    ``trainer.train(buffer)``; ``trainer.policy`` acts on raw observations.
+    """
+
+    algorithm = "iql"
+    Hyperparameters = IQLHyperparameters
+
+    def __init__(self, obs_dim: int, action_dim: int, config: Optional[OfflineRLConfig] = None, callbacks=None,
+                 use_wandb: bool = False, progress_bar: bool = False, **hparams):
+        super().__init__(obs_dim, action_dim, config, callbacks, use_wandb, progress_bar, **hparams)
+        cfg, hpar = self.config, self.hparams
+        hidden = (cfg.hidden_dim, cfg.hidden_dim)
+        if hpar.deterministic_policy:
+            actor: Policy = DeterministicPolicy(obs_dim, action_dim, hidden)
+        else:
+            actor = GaussianPolicy(obs_dim, action_dim, hidden, activation=nn.ReLU, tanh_mean=True,
+                                   ortho_init=False, dropout=hpar.actor_dropout or 0.0)
+        self.actor = actor.to(self.device)
+        self.qf = QEnsemble(obs_dim, action_dim, hidden, n=hpar.num_critics).to(self.device)
+        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
+        self.vf = ValueNetwork(obs_dim, hidden).to(self.device)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.learning_rate,
+                                                weight_decay=cfg.weight_decay)
+        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.v_optimizer = torch.optim.Adam(self.vf.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        if hpar.actor_lr_schedule == "cosine":
+            self.actor_lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optimizer, self.total_steps)
+        else:
+            self.actor_lr_schedule = None
+        self._buffer_normalised = False
+
+    @property
+    def policy(self) -> Policy:
+        return self.actor
+
+    def attach_buffer(self, buffer) -> None:
+        super().attach_buffer(buffer)
+        self._buffer_normalised = prepare_policy_for_buffer(self, self.actor, buffer)
+
+    def _raw(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observations as the environment gives them (undo the buffer's normalisation if it did one)."""
+        if self._buffer_normalised:
+            return obs * self.actor.obs_std + self.actor.obs_mean
+        return obs
+
+    # -- one gradient step ----------------------------------------------------------------------
+    def update(self, batch: dict) -> dict:
+        cfg, hpar = self.config, self.hparams
+        obs_raw = self._raw(batch["observations"])
+        obs = self.actor.normalize(obs_raw)
+        next_obs = self.actor.normalize(self._raw(batch["next_observations"]))
+        actions = batch["actions"]
+        unit_actions = self.actor.unscale_action(actions)
+        rewards, dones = batch["rewards"], batch["dones"]
+
+        with torch.no_grad():
+            target_q = self.qf_target(obs, unit_actions).min(dim=0).values
+            next_v = self.vf(next_obs)
+
+        # 1. value: expectile regression on the target critics' minimum
+        v = self.vf(obs)
+        advantage = target_q - v
+        v_loss = expectile_loss(advantage, hpar.expectile)
+        self.v_optimizer.zero_grad(set_to_none=True)
+        v_loss.backward()
+        self.v_optimizer.step()
+
+        # 2. critics: Bellman backup through V(s')
+        td_target = rewards + cfg.discount_gamma * (1.0 - dones) * next_v
+        qs = self.qf(obs, unit_actions)
+        loss_q = q_loss(qs, td_target)
+        self.q_optimizer.zero_grad(set_to_none=True)
+        loss_q.backward()
+        self.q_optimizer.step()
+
+        # 3. policy: advantage-weighted regression onto the dataset's actions
+        if hpar.deterministic_policy:
+            bc = (self.actor.unit_action(obs_raw) - unit_actions).pow(2).sum(-1)
+        else:
+            bc = -self.actor.log_prob(obs_raw, actions)
+        policy_loss = awr_policy_loss(bc, advantage, hpar.temperature, hpar.max_weight)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        policy_loss.backward()
+        self.actor_optimizer.step()
+        if self.actor_lr_schedule is not None:
+            self.actor_lr_schedule.step()
+
+        # 4. target critics
+        soft_update(self.qf_target, self.qf, cfg.tau)
+
+        adv = advantage.detach()
+        return {"v_loss": v_loss.detach(), "q_loss": loss_q.detach(), "policy_loss": policy_loss.detach(),
+                "mean_advantage": adv.mean(), "v_mean": v.detach().mean(), "q_mean": qs.detach().mean(),
+                "mean_weight": torch.exp(hpar.temperature * adv).clamp(max=hpar.max_weight).mean()}
