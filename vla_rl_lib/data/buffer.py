@@ -218,26 +218,33 @@ class OfflineReplayBuffer:
             raise DatasetError("the buffer is empty: call buffer.load_dataset(dataset) first")
 
     def _rows_of(self, k: torch.Tensor) -> torch.Tensor:
-        return k if self._index is None else self._index[k]
+        return k if self._index is None else self._index.index_select(0, k)
 
     def get(self, indices: torch.Tensor) -> dict:
         """The transitions with the given positions ``0 <= i < len(buffer)`` as a batch dict."""
         self._require_data()
-        rows = self._rows_of(indices.to(self.device))
-        nxt = self._next_obs[rows] if self._next_obs is not None else self._obs[rows + 1]
-        rewards = self._rewards[rows]
+        rows = self._rows_of(indices.to(self.device, torch.int64))
+        # index_select is several times faster than advanced indexing for small batches
+        take = lambda t, r=rows: t.index_select(0, r)  # noqa: E731
+        if self._next_obs is not None:
+            nxt, next_rows = take(self._next_obs), None
+        else:
+            next_rows = rows + 1
+            nxt = take(self._obs, next_rows)
+        rewards = take(self._rewards)
         if self.reward_scale != 1.0:
             rewards = rewards * self.reward_scale
         batch = {
-            "observations": self._obs[rows],
-            "actions": self._actions[rows],
+            "observations": take(self._obs),
+            "actions": take(self._actions),
             "rewards": rewards,
             "next_observations": nxt,
-            "dones": self._terminals[rows].float(),
+            "dones": take(self._terminals).float(),
         }
         if self._images is not None:
-            batch["images"] = self._images[rows]
-            batch["next_images"] = self._next_images[rows] if self._next_images is not None else self._images[rows + 1]
+            batch["images"] = take(self._images)
+            batch["next_images"] = (take(self._next_images) if self._next_images is not None
+                                    else take(self._images, next_rows))
         if self._instructions is not None:
             batch["instructions"] = [self._instructions[i] for i in rows.tolist()]
         return batch

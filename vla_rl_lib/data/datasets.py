@@ -263,10 +263,11 @@ def _not_found(parsed: DatasetName) -> DatasetNotFoundError:
 
 
 def _with_names(data: dict, name: str, env_id: str | None) -> dict:
-    if "metadata/name" not in data:
-        data["metadata/name"] = name
-    if not data.get("metadata/env_id"):
-        data["metadata/env_id"] = env_id or ""
+    """Make sure ``metadata/name`` and ``metadata/env_id`` are there, as ``str``."""
+    from vla_rl_lib.data.hdf5 import meta_value
+
+    data["metadata/name"] = meta_value(data, "name") or name
+    data["metadata/env_id"] = meta_value(data, "env_id") or env_id or ""
     return data
 
 

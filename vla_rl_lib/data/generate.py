@@ -281,6 +281,7 @@ def train_sac_run(env_id: str, seed: int = 0, sac_steps: int | None = None, eval
                           eval_freq=eval_freq, eval_episodes=eval_episodes, seed=int(seed), output_dir=tmp,
                           buffer_size=max(sac_steps, 1), save_freq=0, **sac_kwargs)
         trainer = SACTrainer(env=env, config=config)
+        run.config["hidden_dim"] = int(trainer.config.hidden_dim)
         start = time.perf_counter()
         trainer.train(callbacks=[_Snapshot()])
         run.train_seconds = time.perf_counter() - start
@@ -307,30 +308,32 @@ def _episode_budget(env, episodes: int) -> int:
     return int(limit) * max(1, int(episodes))
 
 
-def _snapshot_policy(env_id: str, state_dict: dict, seed: int, deterministic: bool = False):
-    """A callable obs -> action from a snapshot of the SAC policy (a fresh trainer holds the weights)."""
-    import tempfile
+def _snapshot_policy(env_id: str, state_dict: dict, seed: int, deterministic: bool = False,
+                     hidden_dim: int = 256):
+    """A callable obs -> action from a snapshot of SAC's tanh-Gaussian policy.
 
+    Stochastic actions draw from torch's global generator, seeded here with ``seed``.
+    """
     import torch
 
-    from vla_rl_lib.config import RLConfig
-    from vla_rl_lib.online.sac import SACTrainer
+    from vla_rl_lib.nets import TanhGaussianPolicy
 
     env = _make_gym_env(env_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = SACTrainer(env=env, config=RLConfig(algorithm="sac", env=env_id, total_timesteps=1,
-                                                      seed=int(seed), output_dir=tmp, buffer_size=1))
-    module = _policy_module(trainer)
-    module.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()})
-    torch.manual_seed(seed)  # the stochastic policy's sampling noise
-    return lambda obs: trainer.predict(np.asarray(obs, np.float32), deterministic=deterministic)[0] \
-        if isinstance(trainer.predict(np.asarray(obs, np.float32), deterministic=deterministic), tuple) \
-        else trainer.predict(np.asarray(obs, np.float32), deterministic=deterministic)
+    obs_dim = int(np.prod(env.observation_space.shape))
+    act_dim = int(np.prod(env.action_space.shape))
+    low, high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
+    env.close()
+    policy = TanhGaussianPolicy(obs_dim, act_dim, (hidden_dim, hidden_dim), action_low=low, action_high=high)
+    policy.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()})
+    policy.eval()
+    torch.manual_seed(seed)
+    return lambda obs: policy.predict(np.asarray(obs, np.float32), deterministic=deterministic)
 
 
 def _policy_rows(run: SACRun, step: int, size: int, seed: int, deterministic: bool) -> dict:
     env = _make_gym_env(run.env_id)
-    policy = _snapshot_policy(run.env_id, run.snapshots[step], seed, deterministic)
+    policy = _snapshot_policy(run.env_id, run.snapshots[step], seed, deterministic,
+                              hidden_dim=int(run.config.get("hidden_dim", 256)))
     data = collect_episodes(env, policy, size, seed)
     env.close()
     return data
@@ -498,9 +501,9 @@ def _driving_rows(quality: str, size: int, seed: int, kw: dict) -> tuple[dict, d
 #: name -> make_dataset arguments of the datasets that ship in vla_rl_lib/datasets/
 SHIPPED = {
     "pendulum-medium-v0": dict(env="Pendulum-v1", quality="medium", size=50_000, seed=0,
-                               kw=dict(sac_steps=15_000, eval_freq=500, eval_episodes=5)),
+                               kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
     "hopper-medium-v0": dict(env="Hopper-v5", quality="medium", size=100_000, seed=0,
-                             kw=dict(sac_steps=120_000, eval_freq=4000, eval_episodes=5)),
+                             kw=dict(sac_steps=50_000, eval_freq=2_500, eval_episodes=3, learning_starts=5_000)),
     "driving-expert-v1": dict(env="driving", quality="expert", size=20_000, seed=0,
                               kw=dict(difficulty="easy", image_size=64)),
 }
@@ -543,7 +546,6 @@ def build_shipped(names: list[str] | None = None, out_dir: str | os.PathLike | N
         seconds = time.perf_counter() - start
         data = read_hdf5(path)
         summary = summarize_dataset(data)
-        kw_flags = "".join(f" --{k} {v}" for k, v in spec["kw"].items())
         entry = {
             "file": path.name,
             "sha256": sha256_of(path),
@@ -551,8 +553,9 @@ def build_shipped(names: list[str] | None = None, out_dir: str | os.PathLike | N
             "command": (f"python -m vla_rl_lib.data.generate --shipped {name}  # = make_dataset(env={spec['env']!r}, "
                         f"quality={spec['quality']!r}, size={spec['size']}, seed={spec['seed']}, "
                         + ", ".join(f"{k}={v!r}" for k, v in spec["kw"].items()) + ")"),
-            "cli": f"vla-rl make-dataset --env {spec['env']} --quality {spec['quality']} --size {spec['size']} "
-                   f"--seed {spec['seed']} --output vla_rl_lib/datasets/{name}.hdf5{kw_flags}",
+            "python": (f"make_dataset({spec['env']!r}, {spec['quality']!r}, {spec['size']}, "
+                       f"output='vla_rl_lib/datasets/{name}.hdf5', seed={spec['seed']}"
+                       + "".join(f", {k}={v!r}" for k, v in spec["kw"].items()) + ")"),
             "env_id": meta_value(data, "env_id"),
             "quality": spec["quality"],
             "transitions": summary["n_transitions"],
@@ -568,6 +571,7 @@ def build_shipped(names: list[str] | None = None, out_dir: str | os.PathLike | N
             v = meta_value(data, key)
             if v is not None:
                 entry[key] = v
+        manifest = _read_manifest()  # re-read: another build may have written meanwhile
         manifest.setdefault("datasets", {})[name] = entry
         _write_manifest(manifest)
         print(json.dumps({name: entry}, indent=2))
@@ -598,7 +602,8 @@ def measure_reference(env: str, episodes: int = 20, seed: int = 0, **kw) -> dict
     random_ret = float(np.mean(episode_returns(rnd)))
     run = train_sac_run(env_id, seed=seed, cache_dir=kw.pop("cache_dir", "~/.cache/vla_rl/sac"), **kw)
     step = int(run.config.get("expert_step", max(run.snapshots)))
-    pol = _snapshot_policy(env_id, run.snapshots[step], seed + 1000, deterministic=True)
+    pol = _snapshot_policy(env_id, run.snapshots[step], seed + 1000, deterministic=True,
+                           hidden_dim=int(run.config.get("hidden_dim", 256)))
     exp = collect_episodes(e, pol, _episode_budget(e, episodes), seed + 1000)
     expert_ret = float(np.mean(episode_returns(exp)))
     how = (f"random: uniform actions, {episodes} episodes; expert: the kit's SAC ({run.sac_steps} steps, seed {seed}) "

@@ -114,12 +114,13 @@ def _to_storable(key: str, value: Any) -> np.ndarray:
 
 
 def write_hdf5(path: str | os.PathLike, dataset: Mapping[str, Any], compression: str | None = "gzip",
-               compression_opts: int = 4) -> Path:
+               compression_opts: int = 4, image_compression_opts: int = 9) -> Path:
     """Write a d4rl-style dict to ``path`` in the D4RL layout and return the path.
 
     Keys with ``/`` become groups (``infos/qpos``, ``metadata/policy/fc0/weight``). Arrays of two or
     more rows are compressed with ``compression`` (gzip with the shuffle filter by default: the float
-    columns compress much better that way); scalars and strings are stored as they are. The file is
+    columns compress much better that way; uint8 image arrays get the stronger
+    ``image_compression_opts``, which halves rendered images); scalars and strings are stored as they are. The file is
     written to a temporary name and renamed, so a crash never leaves a half-written dataset behind.
     """
     h5py = _h5py()
@@ -139,7 +140,10 @@ def write_hdf5(path: str | os.PathLike, dataset: Mapping[str, Any], compression:
                     row_bytes = max(1, arr.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)))
                     rows = int(max(1, min(arr.shape[0], (1 << 20) // row_bytes)))
                     chunks = (rows,) + tuple(arr.shape[1:])
-                f.create_dataset(key, data=arr, compression=compression, compression_opts=compression_opts,
+                level = image_compression_opts if (arr.dtype == np.uint8 and arr.ndim == 4) else compression_opts
+                if compression != "gzip":
+                    level = None
+                f.create_dataset(key, data=arr, compression=compression, compression_opts=level,
                                  shuffle=arr.dtype.kind in "fiu" and arr.itemsize > 1, chunks=chunks)
         os.replace(tmp, path)
     finally:
