@@ -34,7 +34,7 @@ from vla_rl_lib.errors import ConfigError, VLARLError, optional_import
 
 __all__ = ["NotebookExecutionError", "run_notebook", "notebook_parameters", "sweep", "SweepSummary",
            "parse_value", "parse_grid", "parse_parameters", "METRIC_RANGES", "metric_health",
-           "overestimation_diagnostic", "write_run_metrics", "smoke_default"]
+           "overestimation_diagnostic", "write_run_metrics", "smoke_default", "final_metrics"]
 
 KERNEL = "python3"
 RUN_RECORD = "run.json"
@@ -513,6 +513,17 @@ METRIC_RANGES: dict[str, dict[str, tuple[Optional[float], Optional[float], str]]
 }
 
 
+def final_metrics(logs: Sequence[dict]) -> dict:
+    """The last logged value of every metric in a list of logged dicts (``LivePlot.logs``,
+    ``MetricsHistory.logs``): what the run ended with, each metric averaged over its last ``log_freq``."""
+    final: dict = {}
+    for record in logs:
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                final[key] = float(value)
+    return final
+
+
 def metric_health(metrics: dict, kind: str) -> list[dict]:
     """Judge final training metrics against the specification's expected ranges.
 
@@ -568,6 +579,8 @@ def overestimation_diagnostic(agent, q_fn: Callable, env, num_episodes: int = 5,
                 if t > 0:
                     action = agent.predict(obs, deterministic=True)
                 obs, reward, terminated, truncated, _ = e.step(action)
+                if hasattr(agent, "observe_reward"):
+                    agent.observe_reward(float(reward))
                 ret += discount * float(reward)
                 discount *= gamma
                 t += 1

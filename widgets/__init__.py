@@ -19,6 +19,7 @@ _EXPORTS = {
     "comparison_html": "widgets.method_chooser",
     "show_health": "widgets.report",
     "show_video": "widgets.report",
+    "show_source": "widgets.report",
     "show_overestimation": "widgets.report",
     "health_html": "widgets.report",
 }

@@ -39,6 +39,15 @@ def show_health(rows: list[dict]) -> None:
     display(HTML(health_html(rows)))
 
 
+def show_source(fn) -> None:
+    """Show the source of a library function (the code that implements an equation)."""
+    import inspect
+
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"`{fn.__module__}.{fn.__qualname__}`\n```python\n{inspect.getsource(fn).rstrip()}\n```"))
+
+
 def show_video(path: str | Path, width: int = 400, caption: Optional[str] = None) -> None:
     """Embed an mp4 as an HTML5 video (kept in executed notebooks)."""
     from IPython.display import HTML, display
