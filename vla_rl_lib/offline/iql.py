@@ -39,7 +39,7 @@ from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
 from vla_rl_lib.nets import DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, soft_update
 from vla_rl_lib.trainer import OfflineTrainer
 
-__all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "awr_policy_loss",
+__all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "advantage_weights", "awr_policy_loss",
            "dataset_obs_statistics", "env_action_bounds"]
 
 
@@ -67,6 +67,11 @@ def q_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (q_values - target.detach().unsqueeze(0)).pow(2).mean(dim=1).sum()
 
 
+def advantage_weights(advantages: torch.Tensor, temperature: float, max_weight: float = 100.0) -> torch.Tensor:
+    """Per-sample weights of advantage-weighted regression: ``w = min(exp(beta * A), max_weight)``."""
+    return torch.exp(temperature * advantages.detach()).clamp(max=max_weight)
+
+
 def awr_policy_loss(bc_losses: torch.Tensor, advantages: torch.Tensor, temperature: float,
                     max_weight: float = 100.0) -> torch.Tensor:
     """Advantage-weighted regression: ``L_pi = mean_B[ min(exp(beta * A), max_weight) * l_bc ]``.
@@ -75,8 +80,7 @@ def awr_policy_loss(bc_losses: torch.Tensor, advantages: torch.Tensor, temperatu
     ``||pi(s) - a||^2`` for a deterministic policy), ``A = Q(s, a) - V(s)`` the advantage (no
     gradient), ``beta`` the temperature. Actions better than V(s) are imitated more strongly.
     """
-    weights = torch.exp(temperature * advantages.detach()).clamp(max=max_weight)
-    return (weights * bc_losses).mean()
+    return (advantage_weights(advantages, temperature, max_weight) * bc_losses).mean()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,6 +173,10 @@ class IQLTrainer(OfflineTrainer):
         else:
             actor = GaussianPolicy(obs_dim, action_dim, hidden, activation=nn.ReLU, tanh_mean=True,
                                    ortho_init=False, dropout=hpar.actor_dropout or 0.0)
+        if cfg.model_path:  # stage 3 of the VLA recipe: the actor is the saved VLA (critics read the state)
+            from vla_rl_lib.vla.policy import load_policy
+
+            actor = load_policy(cfg.model_path, device=self.device, obs_dim=obs_dim)
         self.actor = actor.to(self.device)
         self.qf = QEnsemble(obs_dim, action_dim, hidden, n=hpar.num_critics).to(self.device)
         self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
@@ -231,7 +239,10 @@ class IQLTrainer(OfflineTrainer):
         if hpar.deterministic_policy:
             bc = (self.actor.unit_action(obs_raw) - unit_actions).pow(2).sum(-1)
         else:
-            bc = -self.actor.log_prob(obs_raw, actions)
+            actor_obs = obs_raw
+            if hasattr(self.actor, "obs_from_batch"):  # image + instruction actors (VLAPolicy)
+                actor_obs = dict(self.actor.obs_from_batch(batch), state=obs_raw)
+            bc = -self.actor.log_prob(actor_obs, actions)
         policy_loss = awr_policy_loss(bc, advantage, hpar.temperature, hpar.max_weight)
         self.actor_optimizer.zero_grad(set_to_none=True)
         policy_loss.backward()
