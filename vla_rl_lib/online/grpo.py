@@ -113,7 +113,11 @@ class GRPOTrainer(OnlineTrainer):
         else:
             policy = as_stochastic(policy)
         policy = policy.to(self.device)
-        check_policy(policy, self.observation_space, self.action_space, self.device)
+        # one plain env per rollout of an iteration: only unfinished episodes are stepped
+        self.rollout_envs = self._make_rollout_envs(env)
+        self._max_steps = self._episode_limit(self.rollout_envs[0])
+        first = self._check_seeded_reset(self.rollout_envs[0])
+        check_policy(policy, self.observation_space, self.action_space, self.device, example_obs=stack_obs([first]))
         self.policy = policy
         self.ref_policy = frozen_copy(policy)  # the KL anchor: the policy before training
         self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
@@ -131,10 +135,6 @@ class GRPOTrainer(OnlineTrainer):
                 raise ConfigError(f"RLConfig.objective_weights[{bad[0]!r}] must be a finite number")
             self._weights = torch.tensor([float(cfg.objective_weights[k]) for k in self.objective_names])
 
-        # one plain env per rollout of an iteration: only unfinished episodes are stepped
-        self.rollout_envs = self._make_rollout_envs(env)
-        self._max_steps = self._episode_limit(self.rollout_envs[0])
-        self._check_seeded_reset(self.rollout_envs[0])
         if isinstance(self.action_space, gym.spaces.Box):
             self._low, self._high = self.action_space.low, self.action_space.high
 
@@ -158,7 +158,8 @@ class GRPOTrainer(OnlineTrainer):
         limit = getattr(spec, "max_episode_steps", None) or getattr(env.unwrapped, "max_episode_steps", None)
         return int(limit) + 1 if limit else DEFAULT_MAX_EPISODE_STEPS
 
-    def _check_seeded_reset(self, env) -> None:
+    def _check_seeded_reset(self, env):
+        """Two resets with one seed must give the same first observation (returned)."""
         first, _ = env.reset(seed=12345)
         again, _ = env.reset(seed=12345)
         if not same_obs(first, again):
@@ -166,6 +167,7 @@ class GRPOTrainer(OnlineTrainer):
                 f"GRPO needs an environment that reset(seed=s) reproduces, but two resets of "
                 f"{self.env_id or type(env).__name__} with the same seed gave different first observations; "
                 "make reset() seed its random generator (super().reset(seed=seed) and use self.np_random)")
+        return first
 
     # ------------------------------------------------------------------------------------------
     # acting

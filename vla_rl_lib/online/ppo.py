@@ -100,7 +100,9 @@ class PPOTrainer(OnlineTrainer):
         else:
             policy = as_stochastic(policy)
         policy = policy.to(self.device)
-        check_policy(policy, self.observation_space, self.action_space, self.device)
+        self._reset_envs()
+        check_policy(policy, self.observation_space, self.action_space, self.device,
+                     example_obs=index_obs(self._next_obs, [0]))
         self.policy = policy
         self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
 
@@ -133,8 +135,6 @@ class PPOTrainer(OnlineTrainer):
         action_shape = () if self.discrete else tuple(self.action_space.shape)
         self.buffer = RolloutBuffer(cfg.rollout_steps, self.num_envs, action_shape, self.discrete, self.device)
         self._autoreset = autoreset_mode(self.envs)
-        self._next_obs = None
-        self._after_done = np.zeros(self.num_envs, dtype=bool)  # NEXT_STEP: the next step is a reset step
         if isinstance(self.action_space, gym.spaces.Box):
             self._low, self._high = self.action_space.low, self.action_space.high
 
@@ -195,11 +195,12 @@ class PPOTrainer(OnlineTrainer):
     # collecting a rollout
     # ------------------------------------------------------------------------------------------
     def _reset_envs(self) -> None:
+        """Start fresh episodes (at construction and after loading a checkpoint)."""
         self._next_obs, _ = self.envs.reset(seed=self.config.seed + self.global_step)
-        self._after_done[:] = False
+        self._after_done = np.zeros(self.num_envs, dtype=bool)  # NEXT_STEP: the next step is a reset step
         self._episode_returns[:] = 0.0
         self._episode_lengths[:] = 0
-        if self.reward_scaler is not None:
+        if getattr(self, "reward_scaler", None) is not None:
             self.reward_scaler.returns.zero_()
 
     @torch.no_grad()

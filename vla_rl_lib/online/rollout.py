@@ -76,7 +76,7 @@ def index_obs(obs: Obs, idx) -> Obs:
     """``obs[idx]`` for arrays, tensors, dicts of them and lists of strings."""
     if isinstance(obs, dict):
         return {k: index_obs(v, idx) for k, v in obs.items()}
-    if isinstance(obs, list):
+    if isinstance(obs, (list, tuple)):
         idx = idx.tolist() if hasattr(idx, "tolist") else idx
         return [obs[i] for i in idx]
     if isinstance(obs, torch.Tensor) and not isinstance(idx, torch.Tensor):
@@ -139,8 +139,8 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.
     ``done_t = term_t or trunc_t`` stops the recursion at every episode end.
     Returns ``(advantages, returns)``, both ``(T, N)``.
     """
-    not_term = 1.0 - terminations.float()
-    not_done = 1.0 - dones.float()
+    not_term = 1.0 - terminations.to(rewards.dtype)
+    not_done = 1.0 - dones.to(rewards.dtype)
     deltas = rewards + gamma * next_values * not_term - values
     advantages = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[0])
@@ -338,8 +338,10 @@ def as_stochastic(policy: nn.Module, log_std_init: float = -1.0) -> nn.Module:
     return GaussianExploration(policy, log_std_init)
 
 
-def check_policy(policy, observation_space, action_space, device) -> None:
-    """Raise :class:`IncompatibleError` unless ``policy`` acts in ``action_space`` on ``observation_space``."""
+def check_policy(policy, observation_space, action_space, device, example_obs: Obs = None) -> None:
+    """Raise :class:`IncompatibleError` unless ``policy`` acts in ``action_space`` on ``observation_space``.
+
+    ``example_obs`` is a batch of one real observation (default: a sample of the space)."""
     for name in ("get_action", "log_prob"):
         if not callable(getattr(policy, name, None)):
             raise IncompatibleError(f"the policy ({type(policy).__name__}) has no {name}(); on-policy training needs "
@@ -356,7 +358,7 @@ def check_policy(policy, observation_space, action_space, device) -> None:
             and len(observation_space.shape) == 1 and int(policy.obs_dim) != int(observation_space.shape[0]):
         raise IncompatibleError(f"the policy takes observations of size {policy.obs_dim} but the environment gives "
                                 f"{observation_space.shape[0]}; use a policy trained on this environment")
-    sample = stack_obs([observation_space.sample()])
+    sample = stack_obs([observation_space.sample()]) if example_obs is None else example_obs
     try:
         with torch.no_grad():
             action = policy.get_action(obs_to_tensor(sample, device), deterministic=True)
