@@ -349,10 +349,12 @@ def test_ppo_solves_cartpole(tmp_path):
 
 @pytest.mark.slow
 def test_ppo_continuous_learns_pendulum_beyond_random(tmp_path):
-    """A random policy scores about -1200 on Pendulum-v1; PPO (Gaussian policy) must reach > -600."""
+    """A random policy scores about -1200 on Pendulum-v1. PPO with a Gaussian policy and reward
+    scaling reached about -130 (evaluation mean) by 20k steps when measured (seed 0); the test asks
+    for better than -400 after 24k steps."""
     cfg = RLConfig(env="Pendulum-v1", num_envs=4, rollout_steps=256, batch_size=64, ppo_gae_lambda=0.95,
                    discount_gamma=0.9, ppo_epochs=10, learning_rate=1e-3, ppo_entropy_coef=0.0,
-                   total_timesteps=60_000, eval_freq=0, eval_episodes=0, save_freq=0, log_freq=10_000, seed=0,
-                   device="cpu", output_dir=str(tmp_path / "run"))
+                   ppo_normalize_reward=True, total_timesteps=24_576, eval_freq=0, eval_episodes=0, save_freq=0,
+                   log_freq=10_000, seed=0, device="cpu", output_dir=str(tmp_path / "run"))
     trainer = PPOTrainer(config=cfg).train()
-    assert trainer.evaluate(num_episodes=10)["mean_reward"] > -600
+    assert trainer.evaluate(num_episodes=10)["mean_reward"] > -400
