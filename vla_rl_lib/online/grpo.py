@@ -107,7 +107,7 @@ class GRPOTrainer(OnlineTrainer):
         super().__init__(env, config, policy, callbacks, use_wandb, progress_bar)
         cfg = self.config
         if policy is None and cfg.model_path:
-            policy = load_model_policy(cfg.model_path)
+            policy = load_model_policy(cfg.model_path, self.device, self.observation_space, self.action_space)
         if policy is None:
             policy = default_policy(self.observation_space, self.action_space, cfg.hidden_dim)
         else:

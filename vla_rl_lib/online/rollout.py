@@ -372,14 +372,18 @@ def check_policy(policy, observation_space, action_space, device, example_obs: O
                                 f"action space {action_space} needs {want[1:]}; use a policy with the right action size")
 
 
-def load_model_policy(model_path: str) -> nn.Module:
-    """``VLAPolicy(VLAModel.from_pretrained(model_path))`` for ``--model_path``."""
+def load_model_policy(model_path: str, device, observation_space, action_space) -> nn.Module:
+    """The policy for ``--model_path``: the saved VLA behind ``VLAPolicy`` (``vla.policy.load_policy``),
+    with the environment's action bounds and state size."""
     try:
-        from vla_rl_lib.vla.model import VLAModel
-        from vla_rl_lib.vla.policy import VLAPolicy
+        from vla_rl_lib.vla.policy import load_policy
     except ImportError as exc:
         raise MissingDependencyError(f"--model_path needs the kit's VLA module (vla_rl_lib.vla): {exc}") from None
-    return VLAPolicy(VLAModel.from_pretrained(model_path))
+    obs_dim = None
+    if isinstance(observation_space, gym.spaces.Dict) and "state" in observation_space.spaces:
+        obs_dim = int(np.prod(observation_space["state"].shape))
+    box = action_space if isinstance(action_space, gym.spaces.Box) else None
+    return load_policy(model_path, device=device, action_space=box, obs_dim=obs_dim)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
