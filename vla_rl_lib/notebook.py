@@ -34,7 +34,7 @@ from vla_rl_lib.errors import ConfigError, VLARLError, optional_import
 
 __all__ = ["NotebookExecutionError", "run_notebook", "notebook_parameters", "sweep", "SweepSummary",
            "parse_value", "parse_grid", "parse_parameters", "METRIC_RANGES", "metric_health",
-           "overestimation_diagnostic", "write_run_metrics", "smoke_default", "final_metrics"]
+           "overestimation_diagnostic", "write_run_metrics", "smoke_default", "final_metrics", "describe_run"]
 
 KERNEL = "python3"
 RUN_RECORD = "run.json"
@@ -199,6 +199,18 @@ def run_notebook(notebook: str | Path, parameters: Optional[dict] = None, output
         raise NotebookExecutionError(message, out_nb) from exc
     _write_json(out_dir / RUN_RECORD, dict(record, status="ok", finished=time.time()))
     return out_nb
+
+
+def describe_run(executed_notebook: str | Path) -> str:
+    """Where a run's files are and how to open them (what ``vla-rl run-notebook`` prints)."""
+    nb = Path(executed_notebook)
+    out = nb.parent
+    lines = [f"executed notebook: {nb}"]
+    for pattern, what in (("*.png", "plot"), ("*.mp4", "video"), ("metrics.json", "metrics")):
+        for f in sorted(out.glob(pattern)):
+            lines.append(f"{what + ':':18} {f}")
+    lines.append(f"open it in JupyterLab: jupyter lab {nb}")
+    return "\n".join(lines)
 
 
 def _write_json(path: Path, data: dict) -> None:

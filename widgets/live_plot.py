@@ -139,15 +139,18 @@ class LivePlot(Callback):
         ranges = METRIC_RANGES.get(self.kind or "online", {})
         for ax, key in zip(axes[1:], keys):
             xs, ys = self.series(key)
-            ax.plot(xs, ys, "-", color="C1")
             low, high, _ = ranges.get(key, (None, None, ""))
+            outside = bool(ys) and low is not None and high is not None and not (low <= ys[-1] <= high)
+            ax.plot(xs, ys, "-", color="C3" if outside else "C1")
+            title = key
             if low is not None and high is not None:
+                title = f"{key} (expected {low:g} to {high:g})"
                 ax.axhspan(low, high, color="green", alpha=0.08, label="expected range")
                 if ys:  # keep the curve readable: show the band only where it meets the data
                     lo, hi = min(ys), max(ys)
                     pad = 0.1 * (hi - lo or abs(hi) or 1.0)
                     ax.set_ylim(min(lo, max(low, lo - pad)) - pad, max(hi, min(high, hi + pad)) + pad)
-            ax.set_title(key, fontsize=9)
+            ax.set_title(title, fontsize=9, color="C3" if outside else "black")
             ax.set_xlabel("step", fontsize=8)
         for a in axes:
             a.tick_params(labelsize=7)
