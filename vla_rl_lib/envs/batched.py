@@ -105,7 +105,9 @@ class BatchedDrivingEnv(VectorEnv):
         self._spare = n * g.size * g.size  # index of the spare pixel that takes clipped paint
         views = [torch.as_tensor(D.PALETTE[g.strip[o:o + g.size]]) for o in range(g.period)]
         self._road_views = torch.stack(views).to(dev)  # (period, H, W, 3): every scroll position
-        self._colours = self._palette
+        self._grids = {}
+        self._colour_cache = {}
+        self._rgb = torch.arange(3, device=dev)
         self._car_h = int(np.ceil(D.CAR_LENGTH * g.sy)) + 1  # patch sizes that hold any rounding
         self._car_w = int(np.ceil(D.CAR_WIDTH * g.sx)) + 1
         self._line_h = int(np.ceil(D.STOP_LINE_WIDTH * g.sy)) + 1
@@ -331,28 +333,49 @@ class BatchedDrivingEnv(VectorEnv):
         onehot = torch.nn.functional.one_hot(self.task, len(D.INSTRUCTIONS)).to(self.dtype)
         return torch.cat([torch.stack(cols, 1), onehot], 1).float()
 
-    def _paint(self, buf, world, top, bottom, left, right, h_max, w_max, colour):
-        """Fill rectangles [top, bottom) x [left, right) of image ``world`` (all 1-D, one per rectangle).
+    def _paint(self, buf, world, top, bottom, left, right, h_max, w_max, label):
+        """Fill rectangles [top, bottom) x [left, right) of image ``world`` with colour ``label``.
 
-        ``buf`` is the flat (N*H*W + 1, 3) uint8 image buffer. Each rectangle is an ``h_max`` x
-        ``w_max`` patch of pixel indices; pixels outside the rectangle or the image go to the spare
-        last pixel. Three ``index_fill_`` calls (one per colour channel) paint every rectangle at once.
+        All arguments but the patch size are 1-D, one entry per rectangle. ``buf`` is the flat
+        uint8 byte buffer of all images (N*H*W*3 bytes plus one spare pixel). Every rectangle is an
+        ``h_max`` x ``w_max`` patch of byte addresses (a constant grid added to the rectangle's first
+        byte); addresses outside the rectangle or the image go to the spare pixel. One ``scatter_``
+        paints all rectangles of all worlds (overlapping rectangles of one call: either may win).
         """
         size = self.image_size
+        grid = self._grids.get((h_max, w_max))
+        if grid is None:
+            r = torch.arange(h_max, device=self.device)[:, None, None]
+            c = torch.arange(w_max, device=self.device)[None, :, None]
+            grid = self._grids[(h_max, w_max)] = (r * size + c)[..., 0]
         rows = top[:, None] + self._arange_h[:h_max]  # (M, h_max)
         cols = left[:, None] + self._arange_h[:w_max]  # (M, w_max)
         rok = (rows >= 0) & (rows < size) & (rows < bottom[:, None])
         cok = (cols >= 0) & (cols < size) & (cols < right[:, None])
-        flat = ((world[:, None] * size + rows) * size)[:, :, None] + cols[:, None, :]
-        flat = flat.masked_fill(~(rok[:, :, None] & cok[:, None, :]), self._spare).flatten()
-        for c in range(3):
-            buf[:, c].index_fill_(0, flat, int(colour[c]))
+        first = (world * size + top) * size + left  # the patch's first pixel
+        pixel = (first[:, None, None] + grid).masked_fill(~(rok[:, :, None] & cok[:, None, :]), self._spare)
+        addr = (pixel[..., None] * 3 + self._rgb).flatten()  # byte addresses (M * h_max * w_max * 3)
+        counts = torch.bincount(label, minlength=len(D.PALETTE)).tolist() if label.dim() else None
+        if counts is None:  # one colour for all
+            colours = self._colour_bytes(int(label), addr.numel())
+        else:  # rectangles come grouped by label (in increasing order)
+            per = h_max * w_max * 3
+            colours = torch.cat([self._colour_bytes(lab, c * per) for lab, c in enumerate(counts) if c])
+        buf.scatter_(0, addr, colours)
+
+    def _colour_bytes(self, label: int, count: int):
+        """``count`` bytes of the colour ``label`` repeated (RGBRGB...), from a growing cache."""
+        cached = self._colour_cache.get(label)
+        if cached is None or cached.numel() < count:
+            cached = self._palette[label].repeat(max(count, 3 * 4096) // 3 + 1)
+            self._colour_cache[label] = cached
+        return cached[:count]
 
     def _render(self):
         g, n, size = self._geom, self.num_envs, self.image_size
         rnd = lambda v: torch.floor(v + 0.5).long()  # noqa: E731  (round half up, as DrivingEnv)
-        buf = torch.empty(n * size * size + 1, 3, dtype=torch.uint8, device=self.device)
-        image = buf[:-1].view(n, size, size, 3)
+        buf = torch.empty((n * size * size + 1) * 3, dtype=torch.uint8, device=self.device)
+        image = buf[:-3].view(n, size, size, 3)
         # road: one of the `period` pre-drawn scrolled views
         c = torch.floor(self.y * g.sy).long() + D._round(g.ego_row)
         torch.index_select(self._road_views, 0, torch.remainder(-c, g.period), out=image)
@@ -365,28 +388,23 @@ class BatchedDrivingEnv(VectorEnv):
         if seen.any():
             w = seen.nonzero().flatten()
             self._paint(buf, w, top[w], bottom[w], torch.full_like(w, c0), torch.full_like(w, c1),
-                        self._line_h, c1 - c0, D.PALETTE[4])
-        # other cars in view, then their windscreens
+                        self._line_h, c1 - c0, torch.tensor(4))
+        # cars: the other cars in view and the ego car (fixed rows; columns from x) in one go,
+        # then all windscreens (the ego's shifted sideways by its heading)
         rel = self.npc_y - self.y[:, None]
         w, k = ((rel < g.ahead) & (rel > -g.behind) & (self.npc_x > 0)).nonzero(as_tuple=True)
-        if len(w):
-            rel, x = rel[w, k], self.npc_x[w, k]
-            top = rnd(g.ego_row - (rel + D.CAR_LENGTH / 2) * g.sy)
-            bottom = rnd(g.ego_row - (rel - D.CAR_LENGTH / 2) * g.sy)
-            left = rnd((x - D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
-            right = rnd((x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
-            self._paint(buf, w, top, bottom, left, right, self._car_h, self._car_w, D.PALETTE[5])
-            self._paint(buf, w, top + 1, top + 1 + g.window_len, left + 1, right - 1, g.window_len,
-                        self._car_w, D.PALETTE[6])
-        # the ego car: fixed rows, columns from x, windscreen shifted sideways by the heading
-        left = rnd((self.x - D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
-        right = rnd((self.x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
-        shift = rnd(torch.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx)
-        top = torch.full_like(left, self._ego_top)
-        self._paint(buf, self._world, top, torch.full_like(left, self._ego_bottom), left, right, self._car_h,
-                    self._car_w, D.PALETTE[7])
-        self._paint(buf, self._world, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift,
-                    g.window_len, self._car_w, D.PALETTE[8])
+        world = torch.cat([w, self._world])
+        rel = torch.cat([rel[w, k], torch.zeros_like(self.y)])
+        x = torch.cat([self.npc_x[w, k], self.x])
+        top = rnd(g.ego_row - (rel + D.CAR_LENGTH / 2) * g.sy)
+        bottom = rnd(g.ego_row - (rel - D.CAR_LENGTH / 2) * g.sy)
+        left = rnd((x - D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
+        right = rnd((x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
+        body = torch.cat([torch.full_like(w, 5), torch.full_like(self._world, 7)])
+        self._paint(buf, world, top, bottom, left, right, self._car_h, self._car_w, body)
+        shift = torch.cat([torch.zeros_like(w), rnd(torch.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx)])
+        self._paint(buf, world, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift,
+                    g.window_len, self._car_w, body + 1)
         return image
 
     def _observation(self):
