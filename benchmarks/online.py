@@ -1,0 +1,210 @@
+"""Online RL benchmarks for PPO and GRPO (not part of CI). Prints its figures; see docs/benchmarks.md.
+
+Parts (``--parts``, comma separated):
+
+* ``cartpole``: the kit's PPO against Stable-Baselines3's PPO, run in this same process tree on the
+  same machine with the same hyperparameters (rl-baselines3-zoo's tuned CartPole-v1: 8 envs, n_steps
+  32, batch 256, gae_lambda 0.8, gamma 0.98, 20 epochs, lr 1e-3, clip 0.2, ent 0; constants, as the
+  issue lists them: the zoo anneals lr and clip linearly). Both evaluate the deterministic policy on
+  10 episodes every ``--eval-freq`` steps after an update and stop at a mean of 500. Reported:
+  training wall-clock to 500 (evaluation time excluded for both, reported separately) and steps.
+  SB3 runs through ``benchmarks/sb3_runner.py`` with the python of ``--sb3-python``
+  (a separate virtual environment: ``/work/venv-sb3``). Seeds are interleaved kit/SB3.
+* ``grpo``: GRPO and PPO on CartPole-v1 at equal environment steps (``--grpo-steps``): evaluation
+  curves of both.
+* ``mujoco``: PPO learning curves on HalfCheetah-v5 and Hopper-v5 at ``--mujoco-steps`` with
+  CleanRL's ppo_continuous_action defaults (1 env, 2048 steps, 32 minibatches of 64, 10 epochs,
+  lr 3e-4 annealed, gamma 0.99, lambda 0.95, obs and reward normalisation), and SAC through the SAC
+  helper's ``benchmarks/online_sac.py`` ``run_sac_benchmark`` when that file is present.
+
+Every process uses one torch thread. Example::
+
+    python benchmarks/online.py --parts cartpole,grpo,mujoco --seeds 0,1,2 --mujoco-steps 100000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ZOO = dict(num_envs=8, rollout_steps=32, batch_size=256, ppo_gae_lambda=0.8, discount_gamma=0.98, ppo_epochs=20,
+           learning_rate=1e-3, ppo_clip_range=0.2, ppo_entropy_coef=0.0)
+
+
+class _Timed:
+    """Wraps a trainer's evaluate() to count the time spent evaluating and record the curve."""
+
+    def __init__(self, trainer, threshold=None):
+        self.trainer, self.threshold = trainer, threshold
+        self.seconds, self.curve, self.reached_at = 0.0, [], None
+        inner = trainer.evaluate
+
+        def evaluate(*a, **kw):
+            t = time.perf_counter()
+            out = inner(*a, **kw)
+            self.seconds += time.perf_counter() - t
+            return out
+
+        trainer.evaluate = evaluate
+
+    def callback(self):
+        from vla_rl_lib.callbacks import Callback
+
+        timed = self
+
+        class Record(Callback):
+            def on_evaluation(self, trainer, results):
+                timed.curve.append([trainer.global_step, results["mean_reward"]])
+                if timed.threshold is not None and results["mean_reward"] >= timed.threshold:
+                    if timed.reached_at is None:
+                        timed.reached_at = trainer.global_step
+                    return False
+                return None
+
+        return Record()
+
+
+def kit_ppo_cartpole(seed: int, max_steps: int, eval_freq: int, threshold: float = 500.0) -> dict:
+    from vla_rl_lib import PPOTrainer, RLConfig
+
+    out = tempfile.mkdtemp(prefix="kit_ppo_")
+    cfg = RLConfig(env="CartPole-v1", **ZOO, total_timesteps=max_steps, eval_freq=eval_freq, eval_episodes=10,
+                   save_freq=0, log_freq=1000, seed=seed, device="cpu", output_dir=out)
+    trainer = PPOTrainer(config=cfg)
+    timed = _Timed(trainer, threshold)
+    t0 = time.perf_counter()
+    trainer.train(callbacks=[timed.callback()])
+    total = time.perf_counter() - t0
+    return {"library": "kit", "seed": seed, "reached_at": timed.reached_at, "train_seconds": total - timed.seconds,
+            "eval_seconds": timed.seconds, "steps": trainer.global_step, "curve": timed.curve}
+
+
+def sb3_ppo_cartpole(python: str, seed: int, max_steps: int, eval_freq: int) -> dict:
+    cmd = [python, str(HERE / "sb3_runner.py"), "--seed", str(seed), "--max-steps", str(max_steps),
+           "--eval-freq", str(eval_freq)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"SB3 runner failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def part_cartpole(args) -> dict:
+    rows = []
+    for seed in args.seeds:
+        for fn in (lambda: kit_ppo_cartpole(seed, args.max_steps, args.eval_freq),
+                   lambda: sb3_ppo_cartpole(args.sb3_python, seed, args.max_steps, args.eval_freq)):
+            r = fn()
+            rows.append(r)
+            print(f"  {r['library']:4s} seed {seed}: reached 500 at {r['reached_at']} steps, "
+                  f"train {r['train_seconds']:.1f}s (+ eval {r['eval_seconds']:.1f}s); curve {r['curve']}", flush=True)
+    summary = {}
+    for lib in ("kit", "sb3"):
+        mine = [r for r in rows if r["library"] == lib]
+        solved = [r for r in mine if r["reached_at"] is not None]
+        summary[lib] = {"solved": f"{len(solved)}/{len(mine)}",
+                        "median_train_seconds_to_500": float(np.median([r["train_seconds"] for r in solved])) if solved else None,
+                        "median_steps_to_500": float(np.median([r["reached_at"] for r in solved])) if solved else None,
+                        "median_steps_per_second": float(np.median([r["steps"] / r["train_seconds"] for r in mine]))}
+    k, s = summary["kit"]["median_train_seconds_to_500"], summary["sb3"]["median_train_seconds_to_500"]
+    summary["time_ratio_kit_over_sb3"] = (k / s) if (k and s) else None
+    print("PPO CartPole-v1, kit vs SB3:", json.dumps(summary, indent=1), flush=True)
+    return {"runs": rows, "summary": summary}
+
+
+def part_grpo(args) -> dict:
+    from vla_rl_lib import GRPOTrainer, PPOTrainer, RLConfig
+
+    results = {}
+    for seed in args.seeds:
+        out = tempfile.mkdtemp(prefix="ppo_vs_grpo_")
+        ppo = PPOTrainer(config=RLConfig(env="CartPole-v1", **ZOO, total_timesteps=args.grpo_steps,
+                                         eval_freq=args.grpo_steps // 10, eval_episodes=10, save_freq=0, seed=seed,
+                                         device="cpu", output_dir=out + "/ppo"))
+        t_ppo = _Timed(ppo)
+        t0 = time.perf_counter()
+        ppo.train(callbacks=[t_ppo.callback()])
+        ppo_seconds = time.perf_counter() - t0 - t_ppo.seconds
+        grpo = GRPOTrainer(config=RLConfig(algorithm="grpo", env="CartPole-v1", group_size=8, num_groups=4,
+                                           num_iterations=10_000, learning_rate=3e-3, batch_size=1024, grpo_epochs=2,
+                                           kl_coef=0.0, total_timesteps=args.grpo_steps,
+                                           eval_freq=args.grpo_steps // 10, eval_episodes=10, save_freq=0,
+                                           seed=seed, device="cpu", output_dir=out + "/grpo"))
+        t_grpo = _Timed(grpo)
+        t0 = time.perf_counter()
+        grpo.train(callbacks=[t_grpo.callback()])
+        grpo_seconds = time.perf_counter() - t0 - t_grpo.seconds
+        results[seed] = {"ppo": {"curve": t_ppo.curve, "train_seconds": ppo_seconds, "steps": ppo.global_step},
+                         "grpo": {"curve": t_grpo.curve, "train_seconds": grpo_seconds, "steps": grpo.global_step,
+                                  "iterations": grpo.iteration}}
+        print(f"  seed {seed}: PPO  {ppo.global_step} steps in {ppo_seconds:.1f}s, curve {t_ppo.curve}", flush=True)
+        print(f"  seed {seed}: GRPO {grpo.global_step} steps ({grpo.iteration} iterations) in {grpo_seconds:.1f}s, "
+              f"curve {t_grpo.curve}", flush=True)
+    return results
+
+
+def part_mujoco(args) -> dict:
+    from vla_rl_lib import PPOTrainer, RLConfig
+
+    results = {}
+    for env_id in args.mujoco_envs:
+        cfg = RLConfig(env=env_id, num_envs=1, rollout_steps=2048, batch_size=64, ppo_epochs=10, learning_rate=3e-4,
+                       ppo_anneal_lr=True, discount_gamma=0.99, ppo_gae_lambda=0.95, ppo_entropy_coef=0.0,
+                       ppo_normalize_obs=True, ppo_normalize_reward=True, total_timesteps=args.mujoco_steps,
+                       eval_freq=args.mujoco_steps // 5, eval_episodes=5, save_freq=0, seed=args.seeds[0],
+                       device="cpu", output_dir=tempfile.mkdtemp(prefix="ppo_mujoco_"))
+        trainer = PPOTrainer(config=cfg)
+        timed = _Timed(trainer)
+        t0 = time.perf_counter()
+        trainer.train(callbacks=[timed.callback()])
+        seconds = time.perf_counter() - t0 - timed.seconds
+        results[f"ppo/{env_id}"] = {"curve": timed.curve, "train_seconds": seconds, "steps": trainer.global_step}
+        print(f"  PPO {env_id}: {trainer.global_step} steps in {seconds:.0f}s "
+              f"({trainer.global_step / seconds:.0f} steps/s), eval curve {timed.curve}", flush=True)
+    if args.with_sac:
+        sys.path.insert(0, str(HERE))
+        try:
+            from online_sac import run_sac_benchmark  # the SAC helper's benchmark
+        except ImportError as exc:
+            print(f"  SAC skipped: benchmarks/online_sac.py has no run_sac_benchmark ({exc})", flush=True)
+        else:
+            for env_id in args.mujoco_envs:
+                results[f"sac/{env_id}"] = run_sac_benchmark(env_id, args.sac_steps, seed=args.seeds[0])
+                print(f"  SAC {env_id}: {results[f'sac/{env_id}']}", flush=True)
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default="cartpole,grpo,mujoco")
+    p.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--max-steps", type=int, default=100_000, help="CartPole budget of each run")
+    p.add_argument("--eval-freq", type=int, default=10_240, help="CartPole evaluation period (env steps)")
+    p.add_argument("--grpo-steps", type=int, default=100_000, help="env steps of the GRPO-vs-PPO comparison")
+    p.add_argument("--mujoco-steps", type=int, default=100_000)
+    p.add_argument("--mujoco-envs", default="HalfCheetah-v5,Hopper-v5", type=lambda s: s.split(","))
+    p.add_argument("--with-sac", action="store_true", help="also run the SAC helper's run_sac_benchmark")
+    p.add_argument("--sac-steps", type=int, default=20_000)
+    p.add_argument("--sb3-python", default="/work/venv-sb3/bin/python")
+    p.add_argument("--out", default=None, help="write all results as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch threads: {torch.get_num_threads()}; started {time.strftime('%H:%M:%S')}", flush=True)
+    results = {}
+    for part in args.parts.split(","):
+        print(f"== {part} ==", flush=True)
+        results[part] = {"cartpole": part_cartpole, "grpo": part_grpo, "mujoco": part_mujoco}[part](args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    print(f"finished {time.strftime('%H:%M:%S')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Stable-Baselines3 side of ``benchmarks/online.py`` (run with the SB3 virtual environment's python).
+
+Trains SB3's PPO on CartPole-v1 with the hyperparameters given on the command line, evaluates the
+deterministic policy on 10 episodes every ``--eval-freq`` environment steps (between rollouts, after
+the update, as the kit's trainer does), stops at ``--threshold``, and prints one JSON line:
+``{"reached_at", "train_seconds", "eval_seconds", "curve": [[step, mean], ...]}``.
+``train_seconds`` is the wall-clock time spent training, evaluation excluded.
+
+    /work/venv-sb3/bin/python benchmarks/sb3_runner.py --seed 0 --max-steps 100000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--env", default="CartPole-v1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument("--eval-freq", type=int, default=10_240)
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--threshold", type=float, default=500.0)
+    p.add_argument("--n-envs", type=int, default=8)
+    p.add_argument("--n-steps", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--gae-lambda", type=float, default=0.8)
+    p.add_argument("--gamma", type=float, default=0.98)
+    p.add_argument("--n-epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--clip", type=float, default=0.2)
+    p.add_argument("--ent-coef", type=float, default=0.0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    class EvalAndStop(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.eval_env = gym.make(args.env)
+            self.eval_seconds, self.curve, self.reached_at, self.last = 0.0, [], None, 0
+            self.stop = False
+
+        def _on_rollout_start(self) -> None:  # after the previous update, like the kit's evaluation
+            n = self.num_timesteps
+            if n // args.eval_freq > self.last // args.eval_freq:
+                t = time.perf_counter()
+                mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=args.eval_episodes,
+                                          deterministic=True)
+                self.eval_seconds += time.perf_counter() - t
+                self.curve.append([n, float(mean)])
+                if mean >= args.threshold and self.reached_at is None:
+                    self.reached_at = n
+                    self.stop = True
+            self.last = n
+
+        def _on_step(self) -> bool:
+            return not self.stop
+
+    env = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed)
+    model = PPO("MlpPolicy", env, n_steps=args.n_steps, batch_size=args.batch_size, gae_lambda=args.gae_lambda,
+                gamma=args.gamma, n_epochs=args.n_epochs, learning_rate=args.lr, clip_range=args.clip,
+                ent_coef=args.ent_coef, seed=args.seed, device="cpu", verbose=0)
+    cb = EvalAndStop()
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=args.max_steps, callback=cb)
+    total = time.perf_counter() - t0
+    if cb.reached_at is None:  # the final policy, like the kit's end-of-training evaluation
+        t = time.perf_counter()
+        mean, _ = evaluate_policy(model, cb.eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
+        cb.eval_seconds += time.perf_counter() - t
+        cb.curve.append([model.num_timesteps, float(mean)])
+        total += time.perf_counter() - t
+        if mean >= args.threshold:
+            cb.reached_at = model.num_timesteps
+    print(json.dumps({"library": "sb3", "seed": args.seed, "reached_at": cb.reached_at,
+                      "train_seconds": total - cb.eval_seconds, "eval_seconds": cb.eval_seconds,
+                      "steps": int(model.num_timesteps), "curve": cb.curve}))
+
+
+if __name__ == "__main__":
+    main()
