@@ -176,3 +176,85 @@ def evaluate_success(policy, episodes_per_instruction: int = 20, seed: int = 100
     return {"success_rate": float(np.mean([x for v in results.values() for x in v])), "per_instruction": per,
             "collision_rate": float(np.mean(collisions)), "mean_reward": float(np.mean(returns)),
             "episodes": len(returns)}
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 3 entry points
+# ------------------------------------------------------------------------------------------------
+def _model_image_size(model_path) -> int:
+    from vla_rl_lib.vla.model import VLAModel
+
+    return VLAModel.from_pretrained(model_path).config.image_size
+
+
+def driving_envs(num_envs: int, image_size: int, difficulty: str = "easy", seed: Optional[int] = None, **kwargs):
+    """The batched driving simulator as a gymnasium vector env (what PPO trains on)."""
+    from vla_rl_lib.envs.batched import BatchedDrivingEnv
+
+    envs = BatchedDrivingEnv(num_envs=int(num_envs), image_size=int(image_size), difficulty=difficulty, **kwargs)
+    if seed is not None:
+        envs.reset(seed=int(seed))
+    return envs
+
+
+def _driving_eval_env(trainer, image_size: int) -> None:
+    """Evaluate on a single driving simulator with the model's image size (not the default 64 pixels)."""
+    from vla_rl_lib.envs.driving import DrivingEnv
+
+    trainer._eval_target = DrivingEnv(image_size=image_size)
+
+
+def ppo_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, env=None, config: Optional[RLConfig] = None,
+                   callbacks: Optional[Iterable[Callback]] = None, policy=None):
+    """Option B: a :class:`~vla_rl_lib.online.ppo.PPOTrainer` on the driving simulator whose policy is the saved
+    VLA (``config.model_path``); ``env`` defaults to the batched simulator at the model's image size.
+    ``policy=`` (e.g. ``iql_trainer.policy``) starts from that policy instead of the folder."""
+    from vla_rl_lib.online.ppo import PPOTrainer
+
+    config = config or RLConfig(env="driving", num_envs=16, rollout_steps=128, batch_size=256,
+                                output_dir="./output/stage3c_ppo")
+    config = config.replace(algorithm="ppo", env="driving",
+                            model_path=None if policy is not None else str(model_path))
+    size = policy.model.config.image_size if policy is not None else _model_image_size(model_path)
+    if env is None:
+        env = driving_envs(config.num_envs, size)
+    trainer = PPOTrainer(env, config=config, policy=policy, callbacks=callbacks)
+    _driving_eval_env(trainer, size)
+    return trainer
+
+
+def grpo_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, env=None, config: Optional[RLConfig] = None,
+                    callbacks: Optional[Iterable[Callback]] = None):
+    """GRPO on the driving simulator from the saved VLA: groups of rollouts from one reset seed."""
+    from vla_rl_lib.envs.driving import DrivingEnv
+    from vla_rl_lib.online.grpo import GRPOTrainer
+
+    config = config or RLConfig(env="driving", output_dir="./output/stage3_grpo")
+    config = config.replace(algorithm="grpo", env="driving", model_path=str(model_path))
+    size = _model_image_size(model_path)
+    trainer = GRPOTrainer(env if env is not None else DrivingEnv(image_size=size), config=config, callbacks=callbacks)
+    _driving_eval_env(trainer, size)
+    return trainer
+
+
+def iql_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, config: Optional[OfflineRLConfig] = None,
+                   callbacks: Optional[Iterable[Callback]] = None, **hparams):
+    """Option A: an :class:`~vla_rl_lib.offline.iql.IQLTrainer` whose actor is the saved VLA (it reads images
+    and instructions); its critics read the dataset's state vectors. Train it with ``trainer.train(buffer)``
+    or on ``config.dataset`` (default ``driving-expert-v1``)."""
+    from vla_rl_lib.envs.driving import STATE_DIM
+    from vla_rl_lib.offline.iql import IQLTrainer
+
+    config = config or OfflineRLConfig(dataset="driving-expert-v1", output_dir="./output/stage3b_iql")
+    config = config.replace(model_path=str(model_path))
+    return IQLTrainer(STATE_DIM, 2, config=config, callbacks=callbacks, **hparams)
+
+
+def offline_to_online(iql_trainer, env=None, config: Optional[RLConfig] = None, learning_rate: float = 1e-5,
+                      callbacks: Optional[Iterable[Callback]] = None):
+    """IQL first, then PPO from ``iql_trainer.policy`` at a lower learning rate (default 1e-5, as the
+    specification); the IQL actor (a ``VLAPolicy``) brings its value head along."""
+    config = config or RLConfig(env="driving", num_envs=16, rollout_steps=128, batch_size=256,
+                                output_dir="./output/stage3d_offline_to_online")
+    return ppo_from_model(env=env, config=config.replace(learning_rate=float(learning_rate)),
+                          callbacks=callbacks, policy=iql_trainer.policy)
