@@ -77,17 +77,23 @@ class BatchedDrivingEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
         n, k, dev, dt = self.num_envs, D.max_cars(self.num_lanes), self.device, self.dtype
-        zeros = lambda *shape, dtype=dt: torch.zeros(*shape, dtype=dtype, device=dev)  # noqa: E731
-        self.x, self.y, self.v, self.heading = zeros(n), zeros(n), zeros(n), zeros(n)
-        self.npc_x, self.npc_y, self.npc_v = zeros(n, k), zeros(n, k), zeros(n, k)
-        self.stop_line_y, self.progress, self.noise = zeros(n), zeros(n), zeros(n)
-        self.prev_action = zeros(n, 2)
-        self.task = zeros(n, dtype=torch.long)
-        self.start_lane = zeros(n, dtype=torch.long)
-        self.steps = zeros(n, dtype=torch.long)
-        self.passed = zeros(n, dtype=torch.bool)
-        self.failed = zeros(n, dtype=torch.bool)
-        self._needs_reset = zeros(n, dtype=torch.bool)
+        # All per-world state lives in three tensors (floats, integers, flags); the names below are
+        # views into them, so a new episode is written with one row assignment per tensor and the
+        # dynamics update the views in place.
+        self._floats = torch.zeros(n, 9 + 3 * k, dtype=dt, device=dev)
+        self._ints = torch.zeros(n, 3, dtype=torch.long, device=dev)
+        self._flags = torch.zeros(n, 3, dtype=torch.bool, device=dev)
+        f = self._floats
+        self.x, self.y, self.v, self.heading = f[:, 0], f[:, 1], f[:, 2], f[:, 3]
+        self.stop_line_y, self.progress, self.noise = f[:, 4], f[:, 5], f[:, 6]
+        self.prev_action = f[:, 7:9]
+        self.npc_x, self.npc_y, self.npc_v = f[:, 9:9 + k], f[:, 9 + k:9 + 2 * k], f[:, 9 + 2 * k:]
+        self.task, self.start_lane, self.steps = self._ints[:, 0], self._ints[:, 1], self._ints[:, 2]
+        self.passed, self.failed, self._needs_reset = self._flags[:, 0], self._flags[:, 1], self._flags[:, 2]
+        self._lane_centres = (torch.arange(self.num_lanes, dtype=dt, device=dev) + 0.5) * D.LANE_WIDTH
+        shift = torch.zeros(len(D.INSTRUCTIONS), dtype=dt, device=dev)
+        shift[D.LEFT], shift[D.RIGHT] = -D.LANE_WIDTH, D.LANE_WIDTH
+        self._task_shift = shift  # target lane centre - start lane centre, per instruction
         self._rngs = [seeding.np_random(None)[0] for _ in range(n)]
         self._fixed = [None if self.instruction is None else D.instruction_id(self.instruction)] * n
         self._loaded = False
@@ -124,25 +130,14 @@ class BatchedDrivingEnv(VectorEnv):
         if not idx:
             return
         scs = [D.sample_scenario(self._rngs[i], self.difficulty, self.num_lanes, self._fixed[i]) for i in idx]
-        t = lambda a, dtype=self.dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.device)  # noqa
+        noise = self.difficulty.action_noise
+        floats = np.stack([np.concatenate([[D.lane_centre(sc.start_lane), 0.0, sc.ego_speed, 0.0, sc.stop_line_y,
+                                            0.0, noise, 0.0, 0.0], sc.npc_x, sc.npc_y, sc.npc_v]) for sc in scs])
+        ints = np.array([[sc.instruction, sc.start_lane, 0] for sc in scs])
         ii = torch.as_tensor(idx, device=self.device)
-        self.task[ii] = t([s.instruction for s in scs], torch.long)
-        self.start_lane[ii] = t([s.start_lane for s in scs], torch.long)
-        self.x[ii] = t([D.lane_centre(s.start_lane) for s in scs])
-        self.y[ii] = 0.0
-        self.v[ii] = t([s.ego_speed for s in scs])
-        self.heading[ii] = 0.0
-        self.npc_x[ii] = t(np.stack([s.npc_x for s in scs]))
-        self.npc_y[ii] = t(np.stack([s.npc_y for s in scs]))
-        self.npc_v[ii] = t(np.stack([s.npc_v for s in scs]))
-        self.stop_line_y[ii] = t([s.stop_line_y for s in scs])
-        self.noise[ii] = self.difficulty.action_noise
-        self.steps[ii] = 0
-        self.passed[ii] = False
-        self.failed[ii] = False
-        self.progress[ii] = 0.0
-        self.prev_action[ii] = 0.0
-        self._needs_reset[ii] = False
+        self._floats[ii] = torch.as_tensor(floats, dtype=self.dtype, device=self.device)
+        self._ints[ii] = torch.as_tensor(ints, device=self.device)
+        self._flags[ii] = False
         self._any_noise = bool((self.noise > 0).any())
         self._refresh()
 
@@ -198,18 +193,18 @@ class BatchedDrivingEnv(VectorEnv):
                     noise[i] = self._rngs[i].normal(0.0, std, 2)
             executed = (a + torch.as_tensor(noise, dtype=self.dtype, device=self.device)).clamp(-1.0, 1.0)
 
-        # 1. ego cars: kinematic bicycle, semi-implicit Euler (as DrivingEnv.step)
+        # 1. ego cars: kinematic bicycle, semi-implicit Euler (as DrivingEnv.step), in place
         steer, accel = executed[:, 0], executed[:, 1]
-        self.v = (self.v + accel * D.MAX_ACCEL * D.DT).clamp(0.0, D.MAX_SPEED)
-        self.heading = (self.heading + self.v / D.WHEELBASE * torch.tan(steer * D.MAX_STEER) * D.DT).clamp(
-            -D.MAX_HEADING, D.MAX_HEADING)
-        self.x = self.x + self.v * torch.sin(self.heading) * D.DT
-        self.y = self.y + self.v * torch.cos(self.heading) * D.DT
-        # 2. traffic
-        self.npc_y = self.npc_y + self.npc_v * D.DT
+        self.v.copy_((self.v + accel * D.MAX_ACCEL * D.DT).clamp(0.0, D.MAX_SPEED))
+        self.heading.copy_((self.heading + self.v / D.WHEELBASE * torch.tan(steer * D.MAX_STEER) * D.DT).clamp(
+            -D.MAX_HEADING, D.MAX_HEADING))
+        self.x.add_(self.v * torch.sin(self.heading) * D.DT)
+        self.y.add_(self.v * torch.cos(self.heading) * D.DT)
+        # 2. traffic: straight on, wrapped on a ring around the ego car
+        self.npc_y.add_(self.npc_v * D.DT)
         rel = self.npc_y - self.y[:, None]
-        self.npc_y = self.npc_y + D.TRAFFIC_RING * ((rel < -D.RING_BEHIND).to(self.dtype)
-                                                   - (rel >= D.TRAFFIC_RING - D.RING_BEHIND).to(self.dtype))
+        self.npc_y.add_(torch.where(rel < -D.RING_BEHIND, D.TRAFFIC_RING, 0.0)
+                        - torch.where(rel >= D.TRAFFIC_RING - D.RING_BEHIND, D.TRAFFIC_RING, 0.0))
         # 3. what happened
         self._refresh()
         collision = self._collided()
@@ -224,9 +219,9 @@ class BatchedDrivingEnv(VectorEnv):
                  else torch.as_tensor(v, dtype=self.dtype, device=self.device).expand(self.num_envs).clone()
                  for k, v in terms.items()}
         reward = sum(terms.values())
-        self.progress = progress
-        self.prev_action = a
-        self.steps = self.steps + 1
+        self.progress.copy_(progress)
+        self.prev_action.copy_(a)
+        self.steps.add_(1)
         terminated = collision | success
         truncated = ~terminated & (self.steps >= self.max_episode_steps)
 
@@ -238,7 +233,7 @@ class BatchedDrivingEnv(VectorEnv):
                 tensor[resetting] = 0
         done = terminated | truncated
         if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
-            self._needs_reset = done.clone()
+            self._needs_reset.copy_(done)
         elif done.any():  # SAME_STEP
             final_obs = self._observation()
             self._load(done.nonzero().flatten().tolist())
@@ -250,7 +245,7 @@ class BatchedDrivingEnv(VectorEnv):
 
     # ---- task logic (vectorised DrivingEnv methods) -----------------------------------------------
     def _start_x(self):
-        return (self.start_lane.to(self.dtype) + 0.5) * D.LANE_WIDTH
+        return self._lane_centres[self.start_lane]
 
     def _refresh(self):
         """Cache the offsets from the start lane and the target lane after the state changed."""
@@ -261,10 +256,8 @@ class BatchedDrivingEnv(VectorEnv):
         return torch.floor(self.x / D.LANE_WIDTH).clamp(0, self.num_lanes - 1)
 
     def _target_x(self):
-        start = self._start_x()
-        t = start + D.LANE_WIDTH * ((self.task == D.RIGHT).to(self.dtype) - (self.task == D.LEFT).to(self.dtype))
-        nearest = (self._current_lane() + 0.5) * D.LANE_WIDTH
-        return torch.where(self.task == D.OVERTAKE, nearest, t)
+        nearest = self._lane_centres[self._current_lane().long()]
+        return torch.where(self.task == D.OVERTAKE, nearest, self._start_x() + self._task_shift[self.task])
 
     def _lane_offset(self):
         return self._lane_off
