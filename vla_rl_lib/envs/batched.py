@@ -395,7 +395,7 @@ class BatchedDrivingEnv(VectorEnv):
         right = rnd((x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
         body = torch.cat([torch.full_like(w, 5), torch.full_like(self._world, 7)])
         self._paint(buf, world, top, bottom, left, right, self._car_h, self._car_w, body)
-        shift = torch.cat([torch.zeros_like(w), rnd(torch.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx)])
+        shift = torch.cat([torch.zeros_like(w), rnd(torch.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx).clamp(-1, 1)])
         self._paint(buf, world, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift,
                     g.window_len, self._car_w, body + 1)
         return image

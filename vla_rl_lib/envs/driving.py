@@ -370,7 +370,7 @@ class Renderer:
         rel_y = npc_y - ego_y
         for i in np.flatnonzero((rel_y < g.ahead) & (rel_y > -g.behind) & (npc_x > 0)):
             self._car(img, rel_y[i], npc_x[i], 5, 6)
-        shift = _round(math.sin(heading) * CAR_LENGTH / 2 * g.sx)
+        shift = min(max(_round(math.sin(heading) * CAR_LENGTH / 2 * g.sx), -1), 1)  # stays on the car
         self._car(img, 0.0, ego_x, 7, 8, shift)
         return img
 

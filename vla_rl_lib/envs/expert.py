@@ -154,12 +154,14 @@ class DrivingExpert:
 
 
 def collect_dataset(size: int, seed: int = 0, quality: str = "expert", difficulty: str = "easy",
-                    image_size: int = 64, noise: float = 0.4, instruction: Optional[str] = None,
+                    image_size: int = 64, noise: float = 1.5, instruction: Optional[str] = None,
                     max_episode_steps: int = 200) -> dict:
     """Drive the simulator for ``size`` transitions and return D4RL-layout arrays.
 
     ``quality``: "expert" (the scripted expert), "medium" (the expert's action plus Gaussian noise
-    of std ``noise``, clipped) or "random" (uniform actions). Keys: ``observations`` and
+    of std ``noise``, clipped; the default 1.5 succeeds in roughly half of the
+    episodes on "easy", as D4RL's "medium" policies reach about a third to a half of expert) or
+    "random" (uniform actions). Keys: ``observations`` and
     ``next_observations`` (state vectors, float32), ``actions``, ``rewards``, ``terminals``,
     ``timeouts`` (bool), ``images`` (uint8 N,H,W,3, the image the action was chosen on),
     ``next_images``, ``instructions`` (bytes strings), ``infos/success``, ``infos/collision``,
