@@ -38,7 +38,7 @@ from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import CategoricalPolicy, GaussianPolicy
 from vla_rl_lib.online.rollout import (GaussianExploration, as_stochastic, check_policy, concat_obs,
                                        default_policy, frozen_copy, index_obs, load_model_policy, obs_to_tensor,
-                                       same_obs, stack_obs)
+                                       same_obs, stack_obs, without_distribution_checks)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["GRPOTrainer", "group_relative_advantages", "combine_objectives", "k3_kl", "grpo_loss"]
@@ -207,6 +207,7 @@ class GRPOTrainer(OnlineTrainer):
     # ------------------------------------------------------------------------------------------
     # collecting groups of rollouts
     # ------------------------------------------------------------------------------------------
+    @without_distribution_checks
     @torch.no_grad()
     def collect(self) -> int:
         cfg = self.config
@@ -261,6 +262,7 @@ class GRPOTrainer(OnlineTrainer):
         log_probs, entropy, _ = policy.evaluate_actions(obs, actions)
         return log_probs.reshape(-1), entropy.reshape(-1)
 
+    @without_distribution_checks
     def learn(self) -> dict:
         cfg, data = self.config, self._rollouts
         G, K = cfg.num_groups, cfg.group_size

@@ -53,7 +53,7 @@ from vla_rl_lib.nets import CategoricalPolicy, GaussianPolicy, ValueNetwork
 from vla_rl_lib.online.rollout import (GaussianExploration, RewardScaler, RolloutBuffer, RunningMeanStd,
                                        as_stochastic, autoreset_mode, check_policy, compute_gae,
                                        default_policy, explained_variance, index_obs, load_model_policy,
-                                       obs_to_tensor, stack_obs)
+                                       obs_to_tensor, stack_obs, without_distribution_checks)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["PPOTrainer", "clipped_surrogate", "value_loss"]
@@ -203,6 +203,7 @@ class PPOTrainer(OnlineTrainer):
         if getattr(self, "reward_scaler", None) is not None:
             self.reward_scaler.returns.zero_()
 
+    @without_distribution_checks
     @torch.no_grad()
     def collect(self) -> int:
         cfg, buf = self.config, self.buffer
@@ -253,6 +254,7 @@ class PPOTrainer(OnlineTrainer):
     # ------------------------------------------------------------------------------------------
     # learning from it
     # ------------------------------------------------------------------------------------------
+    @without_distribution_checks
     def learn(self) -> dict:
         cfg, buf = self.config, self.buffer
         advantages, returns = compute_gae(buf.rewards, buf.values, buf.next_values, buf.terminations, buf.dones,
