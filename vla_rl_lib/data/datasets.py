@@ -320,7 +320,11 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
     if parsed.kind == "minari":
         from vla_rl_lib.data.readers import read_minari
 
-        return _with_names(read_minari(text, **kw), text, None)
+        try:
+            return _with_names(read_minari(text, **kw), text, None)
+        except DatasetNotFoundError as exc:
+            raise DatasetNotFoundError(f"{exc} (If {text!r} was meant as a file or folder: there is no such path.)") \
+                from exc
     dirs = ([Path(data_dir).expanduser()] if data_dir else []) + parsed.search_dirs
     parsed.search_dirs = dirs
     for d in dirs:

@@ -503,7 +503,8 @@ SHIPPED = {
     "pendulum-medium-v0": dict(env="Pendulum-v1", quality="medium", size=50_000, seed=0,
                                kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
     "hopper-medium-v0": dict(env="Hopper-v5", quality="medium", size=100_000, seed=0,
-                             kw=dict(sac_steps=50_000, eval_freq=2_500, eval_episodes=3, learning_starts=5_000)),
+                             kw=dict(sac_steps=30_000, eval_freq=2_000, eval_episodes=3, learning_starts=5_000,
+                                     hidden_dim=128)),
     "driving-expert-v1": dict(env="driving", quality="expert", size=20_000, seed=0,
                               kw=dict(difficulty="easy", image_size=64)),
 }
