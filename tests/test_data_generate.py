@@ -132,3 +132,14 @@ def test_real_sac_medium_and_expert_on_pendulum(tmp_path):
     assert r[2] > -400 and r[2] > r[1] + 100 and r[1] > r[0] + 100, r
     assert meta_value(exp, "expert_eval_return") > -400
     assert meta_value(med, "medium_eval_return") >= meta_value(med, "medium_target_return")
+
+
+def test_d4rl_v2_style_file_without_next_observations_and_infos(tmp_path):
+    path = make_dataset("Hopper-v5", "random", 400, output=tmp_path / "h.hdf5", seed=1, verbose=False,
+                        next_observations=False, infos=False)
+    d = read_hdf5(path)
+    assert not any(k == "next_observations" or k.startswith("infos/") for k in d)
+    assert "next_observations=False" in meta_value(d, "generation_command")
+    buf = OfflineReplayBuffer(11, 3).load_dataset(load_dataset(path))
+    # d4rl semantics: the last row and the rows ending on a timeout are not transitions
+    assert len(buf) == 400 - 1 - int(d["timeouts"][:-1].sum())

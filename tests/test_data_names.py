@@ -123,3 +123,14 @@ def test_summary_of_dict_and_buffer():
     b = summarize_dataset(OfflineReplayBuffer(4, 2).load_dataset(data))
     assert b["n_transitions"] == 297 and b["return_mean"] == pytest.approx(s["return_mean"], rel=1e-6)
     assert "3 episodes" in format_summary(s)
+
+
+def test_plot_summary_draws_both_histograms():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vla_rl_lib.data.summary import plot_summary
+
+    fig = plot_summary(summarize_dataset(d4rl_like(4, 2)))
+    assert len(fig.axes) == 2 and fig.axes[0].get_xlabel() == "episode return"
+    assert sum(p.get_height() for p in fig.axes[0].patches) == 3  # three episodes in the histogram

@@ -374,7 +374,10 @@ def make_dataset(env: str, quality: str, size: int, output: str | os.PathLike | 
         deterministic: collect with the policy mean instead of sampling (default False);
         cache_dir: keep/reuse the SAC run (default ``~/.cache/vla_rl/sac``; ``None`` disables);
         difficulty, image_size: for the driving simulator (``"easy"``, 64);
-        compression: HDF5 compression (``"gzip"``); verbose: progress on stderr.
+        compression: HDF5 compression (``"gzip"``); verbose: progress on stderr;
+        next_observations=False / infos=False: leave ``next_observations`` / ``infos/*`` out of the
+        file (D4RL's own v2 files have no ``next_observations``; the buffer then takes the next
+        observation from the following row and drops the rows that end on a timeout). Smaller files.
 
     The file holds observations, actions, rewards, terminals, timeouts, next_observations,
     ``infos/qpos``/``infos/qvel`` for MuJoCo tasks (policy rollouts), and metadata: algorithm,
@@ -391,7 +394,9 @@ def make_dataset(env: str, quality: str, size: int, output: str | os.PathLike | 
     output = Path(output).expanduser() if output is not None else default_output_dir() / f"{name}.hdf5"
     compression = kw.pop("compression", "gzip")
     verbose = bool(kw.pop("verbose", True))
-    user_kw = dict(kw)
+    keep_next = bool(kw.pop("next_observations", True))
+    keep_infos = bool(kw.pop("infos", True))
+    user_kw = dict(kw, **({} if keep_next else {"next_observations": False}), **({} if keep_infos else {"infos": False}))
 
     if env_id == DRIVING_ENV_ID:
         data, meta = _driving_rows(quality, size, seed, kw)
@@ -405,6 +410,12 @@ def make_dataset(env: str, quality: str, size: int, output: str | os.PathLike | 
     else:
         data, meta = _sac_rows(env_id, quality, size, seed, kw, verbose)
 
+    if not keep_next:  # D4RL's own v2 layout: the next observation is the following row
+        data.pop("next_observations", None)
+        data.pop("next_images", None)
+    if not keep_infos:
+        for k in [k for k in data if k.startswith("infos/")]:
+            del data[k]
     rets = episode_returns(data)
     metadata = {
         "metadata/name": name,
@@ -504,7 +515,7 @@ SHIPPED = {
                                kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
     "hopper-medium-v0": dict(env="Hopper-v5", quality="medium", size=100_000, seed=0,
                              kw=dict(sac_steps=30_000, eval_freq=2_000, eval_episodes=3, learning_starts=5_000,
-                                     hidden_dim=128)),
+                                     hidden_dim=128, next_observations=False, infos=False)),
     "driving-expert-v1": dict(env="driving", quality="expert", size=20_000, seed=0,
                               kw=dict(difficulty="easy", image_size=64)),
 }
