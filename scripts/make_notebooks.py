@@ -120,7 +120,10 @@ HEALTH_MD = '''
 
 The specification's "Key Metrics" table gives the range each training metric should sit in. The table
 below compares the final logged values (averaged over the last `log_freq` steps) with those ranges; the
-shaded bands in the live plot are the same ranges.
+shaded bands in the live plot are the same ranges (a curve drawn in red ended outside its range).
+The loss ranges assume rewards of order one: with large returns (CartPole's reach 500) a value loss far
+above 1 means the critic has not caught up with the returns yet, or that reward scaling
+(`ppo_normalize_reward`, or normalised rewards in the dataset) would help; a short smoke run is rarely healthy.
 '''
 
 
@@ -241,9 +244,11 @@ temperature = 3.0    # beta of the advantage weights exp(beta * A)
 from vla_rl_lib.offline.iql import IQLTrainer, awr_policy_loss, expectile_loss, q_loss
 
 show_source(expectile_loss)
-u = torch.tensor([-1.0, 1.0])
-print("expectile 0.5 weighs both sides alike:", expectile_loss(u, 0.5).item(),
-      "| expectile 0.9 punishes V below Q more:", expectile_loss(u, 0.9).item())
+# u = Q(s,a) - V(s). With tau = 0.9 an error of V below Q (u > 0) costs 9 times one of V above Q (u < 0),
+# so V settles near the upper end of the Q-values of the dataset's actions.
+for tau in (0.5, 0.7, 0.9):
+    below, above = expectile_loss(torch.tensor([1.0]), tau).item(), expectile_loss(torch.tensor([-1.0]), tau).item()
+    print(f"tau={tau}: loss when V is 1 below Q = {below:.2f}, when V is 1 above Q = {above:.2f}")
 show_source(awr_policy_loss)
 ''',
     '''trainer = IQLTrainer(obs_dim, action_dim, config=config, callbacks=[plot], expectile=expectile,
@@ -892,8 +897,12 @@ from widgets import MethodChooser, comparison_html
 dataset = "pendulum-medium-v0"
 offline_methods = "iql,cql,td3_bc,dt"
 online_methods = "sac,ppo"
-offline_steps = 3_000          # gradient steps per offline method
+offline_steps = 2_000          # gradient steps per offline method
 online_timesteps = 6_000       # environment steps per online method
+batch_size = 256
+hidden_dim = 256
+dt_embed_dim = 64              # a small transformer keeps the Decision Transformer's CPU time near the others
+dt_n_layer = 2
 eval_episodes = 5
 """),
     md("## The decision tree\n\nAnswer the questions; the widget recommends a method and shows its notebook's parameters."),
@@ -915,7 +924,7 @@ out = Path(output_dir)
 out.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(torch_threads)
 if smoke:
-    offline_steps, online_timesteps, eval_episodes = 30, 300, 1
+    offline_steps, online_timesteps, eval_episodes, batch_size, hidden_dim, dt_embed_dim, dt_n_layer = 30, 300, 1, 64, 64, 32, 1
 data = load_dataset(dataset)
 obs_dim, action_dim = data["observations"].shape[1], data["actions"].shape[1]
 buffer = OfflineReplayBuffer(obs_dim, action_dim).load_dataset(data)
@@ -924,8 +933,10 @@ rows, trainers = [], {}
 for name in [m.strip() for m in offline_methods.split(",") if m.strip()]:
     cls = get_trainer_class(name)
     cfg = OfflineRLConfig(num_epochs=1, steps_per_epoch=offline_steps, log_freq=max(offline_steps // 10, 1),
-                          eval_episodes=0, save_freq=0, seed=seed, output_dir=str(out / name))
-    extra = dict(warmup_steps=min(500, offline_steps // 10), context_length=10) if name == "dt" else {}
+                          batch_size=batch_size, hidden_dim=hidden_dim, eval_episodes=0, save_freq=0, seed=seed,
+                          output_dir=str(out / name))
+    extra = dict(warmup_steps=min(500, offline_steps // 10), context_length=10, embed_dim=dt_embed_dim,
+                 n_layer=dt_n_layer) if name == "dt" else {}
     trainer = cls(obs_dim, action_dim, config=cfg, **extra)
     t0 = time.time(); trainer.train(buffer); seconds = time.time() - t0
     res = trainer.evaluate(num_episodes=eval_episodes)
@@ -935,6 +946,7 @@ for name in [m.strip() for m in offline_methods.split(",") if m.strip()]:
 for name in [m.strip() for m in online_methods.split(",") if m.strip()]:
     cls = get_trainer_class(name)
     cfg = RLConfig(algorithm=name, env=env_id, total_timesteps=online_timesteps,
+                   hidden_dim=hidden_dim if name == "sac" else None,
                    learning_starts=min(1000, online_timesteps // 4), num_envs=1 if name == "sac" else 4,
                    rollout_steps=128, log_freq=max(online_timesteps // 10, 1), eval_freq=0, eval_episodes=0,
                    save_freq=0, seed=seed, output_dir=str(out / name))

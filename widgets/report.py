@@ -57,8 +57,8 @@ def show_video(path: str | Path, width: int = 400, caption: Optional[str] = None
 
 
 def overestimation_html(diag: dict) -> str:
-    verdict = ("<span style='color:#b00'>the critic overestimates: predicted values are well above what the policy "
-               "obtains (the specification's 'Offline RL: Overestimation' symptom)</span>" if diag["overestimates"]
+    verdict = ("<span style='color:#b00'>overestimation: the prediction is well above what the policy obtains "
+               "(the specification's 'Offline RL: Overestimation' symptom)</span>" if diag["overestimates"]
                else "<span style='color:#080'>no sign of overestimation: the prediction is not far above the obtained "
                     "return</span>")
     rows = "".join(f"<tr><td>{i}</td><td>{e['predicted_q']:.2f}</td><td>{e['discounted_return']:.2f}</td>"
