@@ -666,7 +666,7 @@ from widgets import DatasetExplorer
 from widgets.dataset_explorer import summary_figure
 """),
     params(PARAM_HEAD.format(name="01_datasets") + """
-datasets = "pendulum-medium-v0,hopper-medium-v0,driving-expert-v1"   # comma-separated names or paths
+datasets = "pendulum-medium-v0,driving-expert-v1"   # comma-separated names or paths (hopper-medium-v0 too, where shipped)
 """),
     md("## Which datasets are on this machine"),
     code("""

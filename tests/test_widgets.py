@@ -190,6 +190,9 @@ def test_method_chooser_follows_the_answers():
     chooser.recommend_button.click()
     assert chooser.recommendation.method == "td3_bc"
     assert "04_td3_bc.ipynb" in chooser.output.value
+    chooser.try_button.click()
+    assert chooser.panel.algorithm == "td3_bc" and chooser.panel.controls["dataset"].value == "pendulum-medium-v0"
+    assert chooser.panel_box.children == (chooser.panel,)
 
 
 def test_method_chooser_shows_notebook_parameters(tmp_path):

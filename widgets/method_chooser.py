@@ -19,6 +19,9 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 _GOAL_LABELS = [("Simple and stable", "simple"), ("Sample efficient", "sample_efficient"),
                 ("Multi-objective", "multi_objective")]
 _QUALITY_LABELS = [("Expert", "expert"), ("Mixed", "mixed"), ("Diverse", "diverse")]
+#: what the "Try it here" panel trains on: a shipped dataset offline, a quick task online
+TRY_DATASET = "pendulum-medium-v0"
+TRY_ENV = {"ppo": "CartPole-v1", "sac": "Pendulum-v1", "grpo": "CartPole-v1"}
 
 
 class MethodChooser(w.VBox):
@@ -40,6 +43,10 @@ class MethodChooser(w.VBox):
         self.discrete = w.Checkbox(value=False, description="discrete actions", indent=False)
         self.recommend_button = w.Button(description="Recommend", icon="compass", button_style="info")
         self.open_button = w.Button(description="Show notebook parameters", icon="book")
+        self.try_button = w.Button(description="Try it here", icon="play",
+                                   tooltip="a hyperparameter panel for the recommended method")
+        self.panel_box = w.VBox()
+        self.panel = None
         self.output = w.HTML()
         self.parameters = w.HTML()
         self.recommendation = None
@@ -48,10 +55,12 @@ class MethodChooser(w.VBox):
             control.observe(self._changed, names="value")
         self.recommend_button.on_click(lambda _b: self.recommend())
         self.open_button.on_click(lambda _b: self.show_parameters())
+        self.try_button.on_click(lambda _b: self.try_it())
         self.online_box = w.VBox([self.goal, self.discrete])
         self.offline_box = w.VBox([self.quality])
         super().__init__(children=[self.env_access, self.online_box, self.offline_box,
-                                   w.HBox([self.recommend_button, self.open_button]), self.output, self.parameters])
+                                   w.HBox([self.recommend_button, self.open_button, self.try_button]),
+                                   self.output, self.parameters, self.panel_box])
         self.recommend()
 
     def _changed(self, _change) -> None:
@@ -96,6 +105,22 @@ class MethodChooser(w.VBox):
             f"or run it in batch):</p><pre>vla-rl run-notebook notebooks/{rec.notebook} -p smoke true --output runs/{rec.method}</pre>"
             f"<table><tr><th>parameter</th><th>default</th></tr>{rows}</table>")
         return self.notebook_parameters
+
+
+    def try_it(self, **kwargs):
+        """Open a :class:`~widgets.hyperparameter_panel.HyperparameterPanel` for the recommended method
+        (offline methods on the shipped ``pendulum-medium-v0``, online ones on a quick gymnasium task)."""
+        from widgets.hyperparameter_panel import HyperparameterPanel
+
+        rec = self.recommendation or explain(True)
+        if rec.info.kind == "offline":
+            kwargs.setdefault("dataset", TRY_DATASET)
+        else:
+            kwargs.setdefault("env", TRY_ENV[rec.method])
+        kwargs.setdefault("output_dir", f"runs/chooser_{rec.method}")
+        self.panel = HyperparameterPanel(rec.method, **kwargs)
+        self.panel_box.children = [self.panel]
+        return self.panel
 
 
 def comparison_html() -> str:
