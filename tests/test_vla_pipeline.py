@@ -161,7 +161,7 @@ def test_ppo_accepts_vla_policy_and_updates_with_curriculum(saved_model, tmp_pat
 def test_grpo_accepts_vla_policy(saved_model, tmp_path):
     cfg = RLConfig(env="driving", group_size=2, num_groups=2, num_iterations=1, batch_size=64, grpo_epochs=1,
                    eval_episodes=0, save_freq=0, log_freq=10, output_dir=str(tmp_path))
-    trainer = grpo_from_model(saved_model, config=cfg)
+    trainer = grpo_from_model(saved_model, env=DrivingEnv(image_size=32, max_episode_steps=15), config=cfg)
     before = [p.detach().clone() for p in trainer.policy.parameters()]
     trainer.train()
     assert trainer.iteration == 1 and trainer.global_step > 0

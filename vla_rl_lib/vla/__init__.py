@@ -1,0 +1,42 @@
+"""The kit's small vision-language-action model and the VLA training pipeline.
+
+* :class:`VLAModel` / :class:`VLAConfig` (``model.py``): CNN + instruction encoder + FiLM or
+  cross-attention fusion + Gaussian or 256-bin token action head, ``save_pretrained`` /
+  ``from_pretrained`` (config.json + model.safetensors);
+* :class:`InstructionTokenizer` (``tokenizer.py``): word level, vocabulary built in;
+* :class:`VLAPolicy` and :func:`load_policy` (``policy.py``): the model behind the kit's policy interface;
+* :class:`BCTrainer` (``bc.py``): stage 2, behaviour cloning (``vla-rl train bc``);
+* ``pipeline.py``: stage 3 (IQL / PPO / GRPO from ``--model_path``, offline to online, curriculum,
+  per-instruction success rates).
+
+Names are imported lazily.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "VLAModel": "vla_rl_lib.vla.model",
+    "VLAConfig": "vla_rl_lib.vla.model",
+    "InstructionTokenizer": "vla_rl_lib.vla.tokenizer",
+    "VLAPolicy": "vla_rl_lib.vla.policy",
+    "load_policy": "vla_rl_lib.vla.policy",
+    "BCTrainer": "vla_rl_lib.vla.bc",
+    "CurriculumCallback": "vla_rl_lib.vla.pipeline",
+    "get_difficulty": "vla_rl_lib.vla.pipeline",
+    "evaluate_success": "vla_rl_lib.vla.pipeline",
+    "iql_from_model": "vla_rl_lib.vla.pipeline",
+    "ppo_from_model": "vla_rl_lib.vla.pipeline",
+    "grpo_from_model": "vla_rl_lib.vla.pipeline",
+    "offline_to_online": "vla_rl_lib.vla.pipeline",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vla_rl_lib.vla' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

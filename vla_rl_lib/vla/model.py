@@ -70,7 +70,8 @@ class VLAConfig(ConfigBase):
     action_head: str = hp("continuous", "Gaussian head or 256-bin action tokens", choices=("continuous", "tokens"))
     action_dim: int = hp(2, "size of the action vector", low=1)
     bins: int = hp(256, "token head: bins per action dimension", low=2)
-    log_std_init: float = hp(-0.5, "continuous head: initial log standard deviation")
+    log_std_init: float = hp(-1.0, "continuous head: initial log standard deviation (sigma ~ 0.37: the exploration "
+                             "noise RL fine-tuning starts with; behaviour cloning leaves it unchanged)")
     state_dim: Optional[int] = hp(None, "size of the state vector the model also reads (None: image + text only)",
                                   low=1, nullable=True)
     state_indices: Optional[list] = hp(None, "entries of the environment's state vector to feed the model "
