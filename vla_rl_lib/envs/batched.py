@@ -94,6 +94,10 @@ class BatchedDrivingEnv(VectorEnv):
         shift = torch.zeros(len(D.INSTRUCTIONS), dtype=dt, device=dev)
         shift[D.LEFT], shift[D.RIGHT] = -D.LANE_WIDTH, D.LANE_WIDTH
         self._task_shift = shift  # target lane centre - start lane centre, per instruction
+        half_road, sr = self.num_lanes * D.LANE_WIDTH / 2, D.SENSE_RANGE
+        self._state_scale = 1.0 / torch.tensor(  # divisors of the first 13 state entries (STATE_FIELDS)
+            [D.LANE_WIDTH, 1.0, D.MAX_SPEED, half_road, sr, sr, D.MAX_SPEED, sr, sr, sr, sr, sr, D.LANE_WIDTH],
+            dtype=dt, device=dev)
         self._rngs = [seeding.np_random(None)[0] for _ in range(n)]
         self._fixed = [None if self.instruction is None else D.instruction_id(self.instruction)] * n
         self._loaded = False
@@ -111,7 +115,6 @@ class BatchedDrivingEnv(VectorEnv):
         self._spare = n * g.size * g.size  # index of the spare pixel that takes clipped paint
         views = [torch.as_tensor(D.PALETTE[g.strip[o:o + g.size]]) for o in range(g.period)]
         self._road_views = torch.stack(views).to(dev)  # (period, H, W, 3): every scroll position
-        self._grids = {}
         self._colour_cache = {}
         self._rgb = torch.arange(3, device=dev)
         self._car_h = int(np.ceil(D.CAR_LENGTH * g.sy)) + 1  # patch sizes that hold any rounding
@@ -308,46 +311,41 @@ class BatchedDrivingEnv(VectorEnv):
         gap = gaps[:, 1, 0]
         closing = torch.where(gap < D.SENSE_RANGE, self.v - v_ahead, torch.zeros_like(gap))
         half_road = self.num_lanes * D.LANE_WIDTH / 2
-        cols = [
-            self._lane_offset() / D.LANE_WIDTH,
+        raw = torch.stack([
+            self._lane_offset(),
             self.heading,
-            self.v / D.MAX_SPEED,
-            (self.x - half_road) / half_road,
-            ((self.stop_line_y - self.y - D.CAR_LENGTH / 2) / D.SENSE_RANGE).clamp(-1.0, 1.0),
-            gap / D.SENSE_RANGE,
-            closing / D.MAX_SPEED,
-            gaps[:, 0, 0] / D.SENSE_RANGE,
-            gaps[:, 0, 1] / D.SENSE_RANGE,
-            gaps[:, 2, 0] / D.SENSE_RANGE,
-            gaps[:, 2, 1] / D.SENSE_RANGE,
-            ((self.npc_y[:, 0] - self.y) / D.SENSE_RANGE).clamp(-1.0, 1.0),
-            self._start_off / D.LANE_WIDTH,
-        ]
-        onehot = torch.nn.functional.one_hot(self.task, len(D.INSTRUCTIONS)).to(self.dtype)
-        return torch.cat([torch.stack(cols, 1), onehot], 1).float()
+            self.v,
+            self.x - half_road,
+            (self.stop_line_y - self.y - D.CAR_LENGTH / 2).clamp(-D.SENSE_RANGE, D.SENSE_RANGE),
+            gap,
+            closing,
+            gaps[:, 0, 0], gaps[:, 0, 1], gaps[:, 2, 0], gaps[:, 2, 1],
+            (self.npc_y[:, 0] - self.y).clamp(-D.SENSE_RANGE, D.SENSE_RANGE),
+            self._start_off,
+        ], 1)
+        onehot = torch.nn.functional.one_hot(self.task, len(D.INSTRUCTIONS))
+        return torch.cat([raw * self._state_scale, onehot], 1).float()
 
     def _paint(self, buf, world, top, bottom, left, right, h_max, w_max, label):
         """Fill rectangles [top, bottom) x [left, right) of image ``world`` with colour ``label``.
 
         All arguments but the patch size are 1-D, one entry per rectangle. ``buf`` is the flat
         uint8 byte buffer of all images (N*H*W*3 bytes plus one spare pixel). Every rectangle is an
-        ``h_max`` x ``w_max`` patch of byte addresses (a constant grid added to the rectangle's first
-        byte); addresses outside the rectangle or the image go to the spare pixel. One ``scatter_``
+        ``h_max`` x ``w_max`` patch of byte addresses; addresses outside the rectangle or the image
+        go to the spare pixel. One ``scatter_``
         paints all rectangles of all worlds (overlapping rectangles of one call: either may win).
         """
-        size = self.image_size
-        grid = self._grids.get((h_max, w_max))
-        if grid is None:
-            r = torch.arange(h_max, device=self.device)[:, None, None]
-            c = torch.arange(w_max, device=self.device)[None, :, None]
-            grid = self._grids[(h_max, w_max)] = (r * size + c)[..., 0]
+        size, spare = self.image_size, self._spare * 3
         rows = top[:, None] + self._arange_h[:h_max]  # (M, h_max)
         cols = left[:, None] + self._arange_h[:w_max]  # (M, w_max)
         rok = (rows >= 0) & (rows < size) & (rows < bottom[:, None])
         cok = (cols >= 0) & (cols < size) & (cols < right[:, None])
-        first = (world * size + top) * size + left  # the patch's first pixel
-        pixel = (first[:, None, None] + grid).masked_fill(~(rok[:, :, None] & cok[:, None, :]), self._spare)
-        addr = (pixel[..., None] * 3 + self._rgb).flatten()  # byte addresses (M * h_max * w_max * 3)
+        # byte address = row part + column part; a part outside the rectangle or image is `spare`,
+        # so that the sum is >= spare and the clamp sends that pixel to the spare one
+        row_part = torch.where(rok, (world[:, None] * size + rows) * (size * 3), spare)
+        col_part = torch.where(cok, cols * 3, spare)
+        pixel = (row_part[:, :, None] + col_part[:, None, :]).clamp_(max=spare)  # (M, h_max, w_max)
+        addr = (pixel[..., None] + self._rgb).flatten()  # every byte: (M * h_max * w_max * 3)
         counts = torch.bincount(label, minlength=len(D.PALETTE)).tolist() if label.dim() else None
         if counts is None:  # one colour for all
             colours = self._colour_bytes(int(label), addr.numel())
