@@ -295,6 +295,10 @@ def test_vector_env_shapes_and_autoreset_modes():
     assert sync.reset()[0]["image"].shape == (2, 32, 32, 3)
     cart = make_vector_env("CartPole-v1", num_envs=3, seed=0)
     assert cart.reset()[0].shape == (3, 4)
+    with pytest.raises(ConfigError, match="only available for the driving"):
+        make_vector_env("CartPole-v1", num_envs=2, batched=True)
+    with pytest.raises(UnknownEnvironmentError):
+        make_vector_env("NoSuchEnv-v0", num_envs=2)
 
     # NEXT_STEP: the step after an episode ends only resets (reward 0, not done)
     env = BatchedDrivingEnv(3, instruction="change to the left lane", return_tensors="torch")

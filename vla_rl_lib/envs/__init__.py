@@ -102,6 +102,11 @@ def make_vector_env(name: str, num_envs: int = 1, seed: int | None = None, batch
         from vla_rl_lib.errors import ConfigError
 
         raise ConfigError(f"num_envs={num_envs!r} must be >= 1")
+    if batched and not is_driving(name):
+        from vla_rl_lib.errors import ConfigError
+
+        raise ConfigError(f"batched=True is only available for the driving simulator, not {name!r}; "
+                          "leave it out to get a SyncVectorEnv")
     if is_driving(name) and batched:
         from vla_rl_lib.envs.batched import BatchedDrivingEnv
 
