@@ -139,12 +139,12 @@ def test_evaluate_feeds_rewards_back(tmp_path):
     assert float(trainer.policy._ctx["next_rtg"][0]) == pytest.approx(-result["mean_reward"], rel=1e-4)
 
 
-def test_default_target_is_the_best_dataset_return(tmp_path):
+def test_default_target_is_the_90th_percentile_of_dataset_returns(tmp_path):
     buffer = pendulum_buffer(6)
     trainer = DecisionTransformerTrainer(3, 1, config=_config(tmp_path, 1), **SMALL)
     trainer.attach_buffer(buffer)
-    best = max(float(e["rewards"].sum()) for e in buffer.episodes())
-    assert float(trainer.policy.target_return) == pytest.approx(best, rel=1e-5)
+    returns = [float(e["rewards"].sum()) for e in buffer.episodes()]
+    assert float(trainer.policy.target_return) == pytest.approx(float(np.percentile(returns, 90)), rel=1e-5)
     assert trainer.policy.action_high.tolist() == [2.0]
 
 
@@ -167,7 +167,7 @@ def test_dt_learns_pendulum(tmp_path):
     untrained = trainer.evaluate(3)["mean_reward"]
     trainer.train(buffer)
     good = trainer.evaluate(5)["mean_reward"]
-    assert untrained < -900, untrained
+    assert untrained < LEARN_THRESHOLD - 200, untrained  # the bar is one an untrained policy misses
     assert good > LEARN_THRESHOLD, (good, untrained)
     # the loss went down
     import csv

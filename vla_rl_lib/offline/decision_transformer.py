@@ -19,8 +19,9 @@ Acting: the model is conditioned on a target return ``R_0 = target_return``; aft
 return-to-go is decremented by the reward received, ``R_{t+1} = R_t - r_t``. The trainer does that
 through the ``observe_reward`` hook that ``Trainer.evaluate`` calls after every environment step.
 Returns-to-go enter the network divided by ``reward_scale`` (1000 for the MuJoCo locomotion tasks,
-as in the paper; the default). ``target_return`` defaults to the largest episode return in the
-dataset. States are always normalised with the dataset mean and std (as the paper's code does);
+as in the paper; the default). ``target_return`` defaults to the 90th percentile of the
+dataset's episode returns (a high return the data shows is reachable; the single best episode can be
+a lucky start, see docs/offline_td3bc_dt.md). States are always normalised with the dataset mean and std (as the paper's code does);
 actions are predicted in [-1, 1] (tanh head) and mapped to the environment's bounds.
 
 The policy (``trainer.policy``, a :class:`DecisionTransformerPolicy`) keeps its context inside:
@@ -50,6 +51,7 @@ __all__ = ["DTHyperparameters", "DecisionTransformerTrainer", "DecisionTransform
            "EpisodeSequenceSampler", "dt_action_loss", "warmup_factor"]
 
 STATE_STD_EPS = 1e-6  # added to the state std, as the paper's code
+DEFAULT_TARGET_PERCENTILE = 90.0  # default target return: this percentile of the dataset's episode returns
 
 
 @dataclass
@@ -60,8 +62,8 @@ class DTHyperparameters(ConfigBase):
     embed_dim: int = hp(128, "DT: embedding (model) width", low=1, ui=(16, 512, 16))
     dropout: float = hp(0.1, "DT: dropout on embeddings, attention and residual branches", low=0, high=1,
                         high_open=True, ui=(0.0, 0.5, 0.05))
-    target_return: Optional[float] = hp(None, "DT: return to condition on when acting (default: the dataset's "
-                                              "largest episode return)", nullable=True)
+    target_return: Optional[float] = hp(None, "DT: return to condition on when acting (default: the 90th "
+                                              "percentile of the dataset's episode returns)", nullable=True)
     reward_scale: float = hp(1000.0, "DT: returns-to-go are divided by this before entering the network "
                                      "(1000 for MuJoCo locomotion)", low=0, low_open=True)
     max_ep_len: int = hp(1000, "DT: size of the timestep embedding (longest episode)", low=1)
@@ -287,7 +289,7 @@ class DecisionTransformerTrainer(OfflineTrainer):
         trainer = DecisionTransformerTrainer(obs_dim=11, action_dim=3, config=OfflineRLConfig(),
                                              context_length=20, n_layer=3, n_head=1, embed_dim=128)
         trainer.train(buffer)              # buffer: an OfflineReplayBuffer (episodes are rebuilt from it)
-        trainer.evaluate(num_episodes=10)  # conditioned on hparams.target_return (or the dataset's best)
+        trainer.evaluate(num_episodes=10)  # conditioned on target_return (default: 90th percentile of the data)
 
     ``config.batch_size`` counts sequences of ``context_length`` steps. Logged metrics:
     ``policy_loss`` (the masked action MSE) and ``learning_rate``.
@@ -326,7 +328,9 @@ class DecisionTransformerTrainer(OfflineTrainer):
         policy.action_low.copy_(torch.as_tensor(low))
         policy.action_high.copy_(torch.as_tensor(high))
         target = self.hparams.target_return
-        policy.target_return.fill_(float(sampler.episode_returns.max()) if target is None else float(target))
+        if target is None:
+            target = float(np.percentile(sampler.episode_returns, DEFAULT_TARGET_PERCENTILE))
+        policy.target_return.fill_(float(target))
         if not math.isfinite(float(policy.target_return)):
             raise DatasetError("the dataset's episode returns are not finite; the Decision Transformer cannot "
                                "pick a target return")
