@@ -42,11 +42,12 @@ def main() -> None:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
 
     class EvalAndStop(BaseCallback):
         def __init__(self):
             super().__init__()
-            self.eval_env = gym.make(args.env)
+            self.eval_env = Monitor(gym.make(args.env))
             self.eval_seconds, self.curve, self.reached_at, self.last = 0.0, [], None, 0
             self.stop = False
 

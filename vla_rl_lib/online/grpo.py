@@ -37,8 +37,8 @@ from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import CategoricalPolicy, GaussianPolicy
 from vla_rl_lib.online.rollout import (GaussianExploration, as_stochastic, check_policy, concat_obs,
-                                       default_policy, frozen_copy, index_obs, load_model_policy, obs_to_tensor,
-                                       same_obs, stack_obs, without_distribution_checks)
+                                       default_policy, frozen_copy, index_obs, load_model_policy, make_adam,
+                                       obs_to_tensor, same_obs, stack_obs, without_distribution_checks)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["GRPOTrainer", "group_relative_advantages", "combine_objectives", "k3_kl", "grpo_loss"]
@@ -122,7 +122,7 @@ class GRPOTrainer(OnlineTrainer):
         self.ref_policy = frozen_copy(policy)  # the KL anchor: the policy before training
         self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
         self._params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self._params, lr=cfg.learning_rate, eps=1e-5)
+        self.optimizer = make_adam(self._params, cfg.learning_rate)
         self.seed_generator = np.random.default_rng(cfg.seed)
         self.minibatch_generator = torch.Generator().manual_seed(cfg.seed)
         self.iteration = 0
@@ -190,6 +190,7 @@ class GRPOTrainer(OnlineTrainer):
             return int(np.asarray(action).reshape(()))
         return np.clip(action, self._low, self._high)
 
+    @without_distribution_checks
     def predict(self, obs, deterministic: bool = True):
         action = self.policy.predict(obs, deterministic=deterministic)
         if not self.discrete and isinstance(self.action_space, gym.spaces.Box):

@@ -51,9 +51,9 @@ from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.nets import CategoricalPolicy, GaussianPolicy, ValueNetwork
 from vla_rl_lib.online.rollout import (GaussianExploration, RewardScaler, RolloutBuffer, RunningMeanStd,
-                                       as_stochastic, autoreset_mode, check_policy, compute_gae,
-                                       default_policy, explained_variance, index_obs, load_model_policy,
-                                       obs_to_tensor, stack_obs, without_distribution_checks)
+                                       as_stochastic, autoreset_mode, check_policy, compute_gae, default_policy,
+                                       explained_variance, index_obs, load_model_policy, make_adam, obs_to_tensor,
+                                       same_step_envs, stack_obs, without_distribution_checks)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["PPOTrainer", "clipped_surrogate", "value_loss"]
@@ -92,6 +92,7 @@ class PPOTrainer(OnlineTrainer):
     def __init__(self, env=None, config: Optional[RLConfig] = None, policy: Optional[nn.Module] = None,
                  callbacks: Optional[Iterable] = None, use_wandb: bool = False, progress_bar: bool = False):
         super().__init__(env, config, policy, callbacks, use_wandb, progress_bar)
+        self.envs = same_step_envs(self.envs, env, self.env_id, self._make_env)
         cfg = self.config
         if policy is None and cfg.model_path:
             policy = load_model_policy(cfg.model_path, self.device, self.observation_space, self.action_space)
@@ -120,7 +121,7 @@ class PPOTrainer(OnlineTrainer):
         if self.value_net is not None:
             params += list(self.value_net.parameters())
         self._params = params
-        self.optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5)
+        self.optimizer = make_adam(params, cfg.learning_rate)
 
         # running normalisers (nn.Module buffers: saved in checkpoints)
         self.obs_rms = None
@@ -185,6 +186,7 @@ class PPOTrainer(OnlineTrainer):
             return a.reshape(-1).astype(np.int64)
         return np.clip(a, self._low, self._high)
 
+    @without_distribution_checks
     def predict(self, obs, deterministic: bool = True):
         action = self.policy.predict(obs, deterministic=deterministic)
         if not self.discrete and isinstance(self.action_space, gym.spaces.Box):
@@ -245,6 +247,7 @@ class PPOTrainer(OnlineTrainer):
             buf.add(obs_t, actions, log_probs, values, train_rewards, terminated & valid, dones, valid)
             obs = next_obs
         self._next_obs = obs
+        buf.finish()
         last_values = self._value(obs_to_tensor(obs, self.device))
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_values

@@ -137,6 +137,34 @@ def autoreset_mode(envs) -> str:
                             "or AutoresetMode.SAME_STEP")
 
 
+def same_step_envs(envs, given, env_id, make_env):
+    """Rebuild the trainer's vector env with ``AutoresetMode.SAME_STEP`` when the trainer built it
+    (from an id, or around one env instance), so no step is spent on NEXT_STEP's reset steps.
+    A vector env the user passed in is kept as it is (both modes are handled)."""
+    if isinstance(given, gym.vector.VectorEnv) or not isinstance(envs, gym.vector.SyncVectorEnv):
+        return envs
+    if autoreset_mode(envs) == "same_step":
+        return envs
+    n = envs.num_envs
+    if isinstance(given, gym.Env) and n == 1:
+        fns = [lambda: given]  # the same instance (its constructor arguments are kept)
+    elif env_id is not None:
+        envs.close()
+        fns = [functools.partial(make_env, env_id) for _ in range(n)]
+    else:
+        return envs
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def make_adam(params, lr: float) -> torch.optim.Optimizer:
+    """Adam with ``eps=1e-5`` (the PPO implementation detail), fused where torch supports it."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=1e-5, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, eps=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------
 # advantages
 # ------------------------------------------------------------------------------------------------
@@ -199,11 +227,14 @@ class RolloutBuffer:
         self.terminations = torch.zeros((t, n), device=device)
         self.dones = torch.zeros((t, n), device=device)
         self.valid = torch.ones((t, n), dtype=torch.bool, device=device)
+        # per-step numpy values are staged here and moved to torch once per rollout (finish)
+        self._np = {k: np.zeros((t, n), dtype=np.float32) for k in ("rewards", "terminations", "dones")}
+        self._np["valid"] = np.ones((t, n), dtype=bool)
         self.pos = 0
 
     def reset(self) -> None:
         self.obs = []
-        self.valid.fill_(True)
+        self._np["valid"].fill(True)
         self.next_values.zero_()
         self.pos = 0
 
@@ -213,11 +244,16 @@ class RolloutBuffer:
         self.actions[t] = actions.reshape(self.actions[t].shape)
         self.log_probs[t] = log_probs
         self.values[t] = values
-        self.rewards[t] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
-        self.terminations[t] = torch.as_tensor(terminations, dtype=torch.float32, device=self.device)
-        self.dones[t] = torch.as_tensor(dones, dtype=torch.float32, device=self.device)
-        self.valid[t] = torch.as_tensor(valid, dtype=torch.bool, device=self.device)
+        self._np["rewards"][t] = rewards
+        self._np["terminations"][t] = terminations
+        self._np["dones"][t] = dones
+        self._np["valid"][t] = valid
         self.pos += 1
+
+    def finish(self) -> None:
+        """Move the staged rewards and flags to torch (call after the last ``add``)."""
+        for name, array in self._np.items():
+            getattr(self, name).copy_(torch.from_numpy(array))
 
     def flat_obs(self) -> Obs:
         """All observations, time-major flattened to ``steps * num_envs`` rows (tensors on device)."""
