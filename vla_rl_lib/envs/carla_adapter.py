@@ -31,7 +31,7 @@ from gymnasium import spaces
 
 from vla_rl_lib.envs.driving import (
     INSTRUCTION_CHARSET, INSTRUCTION_MAX_LENGTH, INSTRUCTIONS, KEEP, KEEP_DISTANCE, LANE_TOLERANCE, LEFT,
-    HEADING_TOLERANCE, OVERTAKE, PASS_MARGIN, RIGHT, STOP, STOP_SPEED, STOP_ZONE, compute_reward,
+    HEADING_TOLERANCE, PASS_MARGIN, RIGHT, STOP, STOP_SPEED, STOP_ZONE, compute_reward,
     instruction_id,
 )
 from vla_rl_lib.errors import VLARLError, optional_import

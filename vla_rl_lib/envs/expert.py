@@ -23,8 +23,9 @@ from typing import Optional
 import numpy as np
 
 from vla_rl_lib.envs.driving import (
-    CAR_LENGTH, CAR_WIDTH, DT, ENV_ID, INSTRUCTIONS, KEEP, LANE_WIDTH, LEFT, MAX_ACCEL, MAX_SPEED,
-    MAX_STEER, OVERTAKE, RIGHT, STOP, WHEELBASE, DrivingEnv, get_difficulty, lane_centre,
+    CAR_LENGTH, CAR_WIDTH, DT, ENV_ID, INSTRUCTIONS, LANE_WIDTH, LEFT, MAX_ACCEL, MAX_SPEED,
+    MAX_STEER, OVERTAKE, REWARD_TERMS, RIGHT, STATE_DIM, STOP, WHEELBASE, DrivingEnv, get_difficulty,
+    lane_centre,
 )
 from vla_rl_lib.errors import ConfigError
 
@@ -178,8 +179,6 @@ def collect_dataset(size: int, seed: int = 0, quality: str = "expert", difficult
                      max_episode_steps=max_episode_steps)
     expert = DrivingExpert()
     rng = np.random.default_rng(seed + 1_000_003)  # the behaviour noise, apart from the env's own
-    from vla_rl_lib.envs.driving import REWARD_TERMS, STATE_DIM
-
     out = {
         "observations": np.zeros((size, STATE_DIM), np.float32),
         "next_observations": np.zeros((size, STATE_DIM), np.float32),
@@ -237,3 +236,28 @@ def collect_dataset(size: int, seed: int = 0, quality: str = "expert", difficult
         "metadata/dt": DT,
     })
     return out
+
+
+def expert_success_rates(difficulty: str = "easy", episodes: int = 40, seed: int = 0) -> dict:
+    """Success rate of :class:`DrivingExpert` per instruction over seeds ``seed .. seed+episodes-1``."""
+    env, expert = DrivingEnv(difficulty=difficulty), DrivingExpert()
+    rates = {}
+    for text in INSTRUCTIONS:
+        wins = 0
+        for s in range(seed, seed + episodes):
+            env.reset(seed=s, options={"instruction": text})
+            done = False
+            while not done:
+                _, _, terminated, truncated, info = env.step(expert.act(env))
+                done = terminated or truncated
+            wins += int(info["success"])
+        rates[text] = wins / episodes
+    return rates
+
+
+if __name__ == "__main__":  # python -m vla_rl_lib.envs.expert [difficulty ...]
+    import sys
+
+    for name in sys.argv[1:] or ["easy", "medium", "hard"]:
+        for text, rate in expert_success_rates(name).items():
+            print(f"{name:7s} {text:26s} {rate:6.1%}")
