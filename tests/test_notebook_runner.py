@@ -97,6 +97,7 @@ def test_run_notebook_failure_names_the_cell_and_keeps_the_notebook(tiny, tmp_pa
         run_notebook(tmp_path / "missing.ipynb", {}, tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_sweep_keeps_going_summarises_and_resumes(tiny, tmp_path):
     out = tmp_path / "sweep"
     summary = sweep(tiny, {"x": [1, 2, 3]}, seeds=[0, 1], workers=1, output_dir=out, parameters={"mode": "s"},

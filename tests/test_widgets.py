@@ -146,6 +146,7 @@ def test_panel_controls_come_from_the_dataclasses():
         HyperparameterPanel("ppo", hparams={"not_a_field": 1})
 
 
+@pytest.mark.slow
 def test_panel_run_button_trains_and_plots(pendulum_random, tmp_path):
     from widgets import HyperparameterPanel
 
