@@ -152,10 +152,10 @@ def test_default_target_is_the_90th_percentile_of_dataset_returns(tmp_path):
 # learning
 # ------------------------------------------------------------------------------------------------
 LEARN_STEPS = 800
-#: Threshold chosen from measurement (see docs/offline_td3bc_dt.md): with SMALL and 800 steps the
-#: trained DT scored between -270 and -390 over seeds (10 evaluation episodes); the untrained model
-#: and random actions score about -1150 and the dataset averages -350. -650 leaves a margin of more
-#: than 250 below the worst seed measured while staying 500 above an untrained policy.
+#: Threshold chosen from measurement (seeds 0-4, 800 steps, 5 evaluation episodes, see
+#: docs/offline_td3bc_dt.md): the trained DT scored -196 to -468 (mean -347); the same models before
+#: training scored -907 to -1506 (3 episodes); random actions score about -1150 and the dataset's
+#: episodes average -349. -650 sits 180 below the worst trained seed and 250 above the best untrained.
 LEARN_THRESHOLD = -650.0
 
 
@@ -167,8 +167,9 @@ def test_dt_learns_pendulum(tmp_path):
     untrained = trainer.evaluate(3)["mean_reward"]
     trainer.train(buffer)
     good = trainer.evaluate(5)["mean_reward"]
-    assert untrained < LEARN_THRESHOLD - 200, untrained  # the bar is one an untrained policy misses
+    assert untrained < LEARN_THRESHOLD, untrained  # the bar is one an untrained policy misses
     assert good > LEARN_THRESHOLD, (good, untrained)
+    assert good - untrained > 300, (good, untrained)
     # the loss went down
     import csv
 
