@@ -86,10 +86,11 @@ def expectile_loss(diff, expectile):
 ''', "exercises.check_expectile_loss(expectile_loss)"),
     *exercise("2. Advantage weights (IQL's policy extraction)", r"""
 The policy imitates dataset actions weighted by $w = \min(\exp(\beta A), w_{max})$ with
-$A = Q(s,a) - V(s)$, $\beta$ the temperature and $w_{max} = 100$. Return one weight per sample.""", '''
+$A = Q(s,a) - V(s)$, $\beta$ the temperature and $w_{max} = 100$. Return one weight per sample.
+The weights only scale the imitation loss: no gradient may flow through them into the critics.""", '''
 def advantage_weights(advantages, temperature, max_weight=100.0):
     ### BEGIN SOLUTION
-    return torch.exp(temperature * advantages).clamp(max=max_weight)
+    return torch.exp(temperature * advantages.detach()).clamp(max=max_weight)
     ### END SOLUTION
 ''', "exercises.check_advantage_weights(advantage_weights)"),
     *exercise("3. The CQL penalty", r"""

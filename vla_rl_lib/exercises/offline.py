@@ -68,7 +68,12 @@ ADV_WEIGHTS = Exercise(
                 "IQL multiplies by the temperature beta: exp(beta * A), not exp(A / beta)."),
         Mistake("softmax", lambda advantages, temperature, max_weight=100.0: torch.softmax(temperature * advantages, 0),
                 "the weights are not normalised over the batch: w = min(exp(beta * A), max_weight)."),
+        Mistake("not detached", lambda advantages, temperature, max_weight=100.0:
+                torch.exp(temperature * advantages).clamp(max=max_weight),
+                "the weights only scale the imitation loss: no gradient may flow into the critics through them "
+                "(use advantages.detach())."),
     ],
+    grad_inputs=("advantages",),
 )
 
 
