@@ -5,7 +5,8 @@ optional dependency only matters for the part that needs it.
 """
 from __future__ import annotations
 
-import importlib
+from vla_rl_lib._lazy import lazy_exports
+
 import os
 import sys
 
@@ -37,17 +38,5 @@ _EXPORTS = {
     "record_video": "vla_rl_lib.video",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, eager=("__version__",))
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vla_rl_lib' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__

@@ -8,7 +8,8 @@
 """
 from __future__ import annotations
 
-import importlib
+from vla_rl_lib._lazy import lazy_exports
+
 
 _EXPORTS = {
     "LivePlot": "widgets.live_plot",
@@ -24,17 +25,5 @@ _EXPORTS = {
     "health_html": "widgets.report",
 }
 
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'widgets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__

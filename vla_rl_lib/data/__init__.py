@@ -13,7 +13,8 @@ Names are imported lazily so ``import vla_rl_lib.data`` does not pull in torch o
 """
 from __future__ import annotations
 
-import importlib
+from vla_rl_lib._lazy import lazy_exports
+
 
 _EXPORTS = {
     "OfflineReplayBuffer": "vla_rl_lib.data.buffer",
@@ -37,17 +38,5 @@ _EXPORTS = {
     "plot_summary": "vla_rl_lib.data.summary",
 }
 
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vla_rl_lib.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__

@@ -9,8 +9,9 @@ only when used.
 """
 from __future__ import annotations
 
+from vla_rl_lib._lazy import lazy_exports
+
 import difflib
-import importlib
 
 import gymnasium as gym
 
@@ -38,16 +39,8 @@ _LAZY = {
     "CarlaDrivingEnv": "vla_rl_lib.envs.carla_adapter",
 }
 
-__all__ = ["ENV_ID", "make_env", "make_vector_env", "is_driving"] + sorted(_LAZY)
-
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vla_rl_lib.envs' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, _dir, _names = lazy_exports(__name__, _LAZY)
+__all__ = ["ENV_ID", "make_env", "make_vector_env", "is_driving"] + _names
 
 
 def is_driving(name: str) -> bool:

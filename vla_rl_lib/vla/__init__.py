@@ -13,7 +13,8 @@ Names are imported lazily.
 """
 from __future__ import annotations
 
-import importlib
+from vla_rl_lib._lazy import lazy_exports
+
 
 _EXPORTS = {
     "VLAModel": "vla_rl_lib.vla.model",
@@ -30,13 +31,4 @@ _EXPORTS = {
     "grpo_from_model": "vla_rl_lib.vla.pipeline",
     "offline_to_online": "vla_rl_lib.vla.pipeline",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vla_rl_lib.vla' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
