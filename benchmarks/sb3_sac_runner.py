@@ -4,7 +4,9 @@ Trains SB3's SAC with the hyperparameters given on the command line (one gradien
 environment step), then evaluates the deterministic policy, and prints one JSON line:
 ``{"library", "env", "seed", "steps", "mean_reward", "std_reward", "learn_steps_per_second",
 "total_seconds"}``. ``learn_steps_per_second`` counts environment steps per second after
-``learning_starts`` (the phase with one update per step), evaluation excluded.
+``learning_starts`` (the phase with one update per step), evaluation excluded;
+``learn_steps_per_cpu_second`` divides by this process's CPU time instead (less sensitive to
+other jobs on a shared machine).
 
     /work/venv-sb3/bin/python benchmarks/sb3_sac_runner.py --env Pendulum-v1 --steps 20000
 """
@@ -45,14 +47,14 @@ def main() -> None:
 
         def __init__(self):
             super().__init__()
-            self.t_start = None
+            self.t_start = self.c_start = None
             self.n_start = None
-            self.t_end = None
+            self.t_end = self.c_end = None
 
         def _on_step(self) -> bool:
             if self.t_start is None and self.num_timesteps > args.learning_starts:
-                self.t_start, self.n_start = time.perf_counter(), self.num_timesteps
-            self.t_end = time.perf_counter()
+                self.t_start, self.c_start, self.n_start = time.perf_counter(), time.process_time(), self.num_timesteps
+            self.t_end, self.c_end = time.perf_counter(), time.process_time()
             return True
 
     env = gym.make(args.env)
@@ -65,6 +67,7 @@ def main() -> None:
     model.learn(total_timesteps=args.steps, callback=clock)
     total = time.perf_counter() - t0
     learn_sps = (model.num_timesteps - clock.n_start) / (clock.t_end - clock.t_start) if clock.t_start else float("nan")
+    learn_cpu_sps = (model.num_timesteps - clock.n_start) / (clock.c_end - clock.c_start) if clock.t_start else float("nan")
 
     # deterministic evaluation, episode seeds eval_seed + i (the kit's evaluate() convention)
     eval_env = gym.make(args.env)
@@ -80,7 +83,8 @@ def main() -> None:
         returns.append(total_r)
     print(json.dumps({"library": "sb3", "env": args.env, "seed": args.seed, "steps": int(model.num_timesteps),
                       "mean_reward": float(np.mean(returns)), "std_reward": float(np.std(returns)),
-                      "learn_steps_per_second": learn_sps, "total_seconds": total}))
+                      "learn_steps_per_second": learn_sps, "learn_steps_per_cpu_second": learn_cpu_sps,
+                      "total_seconds": total}))
 
 
 if __name__ == "__main__":
