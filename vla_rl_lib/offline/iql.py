@@ -40,7 +40,7 @@ from vla_rl_lib.nets import DeterministicPolicy, GaussianPolicy, Policy, QEnsemb
 from vla_rl_lib.trainer import OfflineTrainer
 
 __all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "advantage_weights", "awr_policy_loss",
-           "dataset_obs_statistics", "env_action_bounds"]
+           "dataset_obs_statistics", "prepare_policy_for_buffer"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,23 +98,6 @@ def dataset_obs_statistics(buffer, eps: float = 1e-3) -> tuple[np.ndarray, np.nd
     return obs.mean(0).float().cpu().numpy(), (obs.std(0, unbiased=False) + eps).float().cpu().numpy()
 
 
-def env_action_bounds(env_id: Optional[str]):
-    """``(low, high)`` of a continuous action space of the environment ``env_id`` (None if unknown)."""
-    if env_id is None:
-        return None
-    from vla_rl_lib.envs import make_env
-
-    env = make_env(env_id)
-    try:
-        space = env.action_space
-        low, high = getattr(space, "low", None), getattr(space, "high", None)
-        if low is None or not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
-            return None
-        return np.asarray(low, np.float32), np.asarray(high, np.float32)
-    finally:
-        env.close()
-
-
 def prepare_policy_for_buffer(trainer, policy: Policy, buffer) -> bool:
     """Set ``policy``'s observation normaliser and action bounds from the dataset.
 
@@ -125,10 +108,12 @@ def prepare_policy_for_buffer(trainer, policy: Policy, buffer) -> bool:
     if trainer.config.normalize_states or buffer_normalised:
         mean, std = dataset_obs_statistics(buffer)
         policy.set_obs_normalization(mean, std)
-    bounds = env_action_bounds(trainer.env_id) if trainer.env_id is not None else None
-    if bounds is not None and bounds[0].shape == (trainer.action_dim,):
-        policy.action_low.copy_(torch.as_tensor(bounds[0], device=policy.action_low.device))
-        policy.action_high.copy_(torch.as_tensor(bounds[1], device=policy.action_high.device))
+    # the evaluation environment's bounds, else the dataset's symmetric range (shared with TD3+BC)
+    from vla_rl_lib.offline.td3_bc import dataset_action_bounds
+
+    low, high = dataset_action_bounds(buffer, trainer.env_id)
+    policy.action_low.copy_(torch.as_tensor(low, device=policy.action_low.device))
+    policy.action_high.copy_(torch.as_tensor(high, device=policy.action_high.device))
     return buffer_normalised
 
 
@@ -256,4 +241,4 @@ class IQLTrainer(OfflineTrainer):
         adv = advantage.detach()
         return {"v_loss": v_loss.detach(), "q_loss": loss_q.detach(), "policy_loss": policy_loss.detach(),
                 "mean_advantage": adv.mean(), "v_mean": v.detach().mean(), "q_mean": qs.detach().mean(),
-                "mean_weight": torch.exp(hpar.temperature * adv).clamp(max=hpar.max_weight).mean()}
+                "mean_weight": advantage_weights(adv, hpar.temperature, hpar.max_weight).mean()}
