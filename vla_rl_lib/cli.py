@@ -132,9 +132,10 @@ def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.Argumen
     sw.add_argument("--backend", choices=("local", "ray"), default="local")
     sw.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
 
-    qs = sub.add_parser("quickstart", help="the kit's main job: a short real training run with its plot and video")
+    qs = sub.add_parser("quickstart", help="the kit's main job: run notebooks/00_quickstart.ipynb with papermill")
     qs.add_argument("--output", default="runs/quickstart", help="run directory")
-    qs.add_argument("--smoke", action="store_true", help="an even shorter run (under a minute)")
+    qs.add_argument("--smoke", action="store_true", help="a tiny run that only checks everything works (under a minute)")
+    qs.add_argument("--notebook", default=None, help="the quickstart notebook (default: notebooks/00_quickstart.ipynb)")
 
     asg = sub.add_parser("assignments", help="course assignments: release student versions, grade submissions")
     asg_sub = asg.add_subparsers(dest="assignments_command", metavar="ACTION", parser_class=_Parser)
@@ -244,11 +245,11 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_notebook(args: argparse.Namespace) -> int:
-    from vla_rl_lib.notebook import parse_parameters, run_notebook
+    from vla_rl_lib.notebook import describe_run, parse_parameters, run_notebook
 
     output = args.output or f"runs/{Path(args.notebook).stem}"
-    path = run_notebook(args.notebook, parse_parameters(args.parameter), output)
-    print(f"executed notebook: {path}")
+    path = run_notebook(args.notebook, parse_parameters(args.parameter), output, progress_bar=True)
+    print(describe_run(path))
     return 0
 
 
@@ -266,7 +267,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from vla_rl_lib.quickstart import quickstart
 
-    quickstart(args.output, smoke=args.smoke)
+    quickstart(args.output, smoke=args.smoke, notebook=args.notebook)
     return 0
 
 

@@ -1,66 +1,40 @@
-"""The kit's main job without a notebook: a short, real PPO run on CartPole-v1.
+"""The kit's main job: execute ``notebooks/00_quickstart.ipynb`` with papermill.
 
-``vla-rl quickstart`` trains PPO with rl-baselines3-zoo's tuned CartPole hyperparameters,
-evaluates it, and writes into the run directory: ``config.yaml``, ``metrics.csv``, TensorBoard
-events, ``checkpoint.pt``, ``reward.png`` (the learning curve) and ``rollout.mp4`` (the trained
-agent). The notebook ``notebooks/00_quickstart.ipynb`` walks through the same steps.
+``vla-rl quickstart`` runs the quickstart notebook (a real PPO run on CartPole-v1 and a real IQL
+run on the shipped ``pendulum-medium-v0`` dataset, each with a live reward plot and a rollout video)
+into a run directory and prints where the executed notebook, plots and videos are and how to open
+them in JupyterLab.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Optional
+
+from vla_rl_lib.errors import ConfigError
+
+NOTEBOOK = "00_quickstart.ipynb"
 
 
-def plot_metrics(run_dir: str | Path, path: str | Path | None = None,
-                 keys: tuple[str, ...] = ("mean_reward", "eval/mean_reward")) -> Path:
-    """Plot reward curves from ``run_dir/metrics.csv`` to a PNG (headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from vla_rl_lib.logging import read_metrics
-
-    rows = read_metrics(run_dir)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in keys:
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), marker="." if key.startswith("eval") else None, label=key)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("episode return")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path) if path is not None else Path(run_dir) / "reward.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def find_notebook(notebook: Optional[str | Path] = None) -> Path:
+    """The quickstart notebook: ``notebook`` if given, else ``./notebooks/`` or the kit's checkout."""
+    if notebook is not None:
+        candidates = [Path(notebook)]
+    else:
+        candidates = [Path("notebooks") / NOTEBOOK, Path(__file__).resolve().parents[1] / "notebooks" / NOTEBOOK]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(f"the quickstart notebook was not found (looked at {', '.join(map(str, candidates))}); "
+                      "run from the root of the vla-rl-kit repository or pass --notebook PATH")
 
 
-def quickstart(output_dir: str | Path = "runs/quickstart", smoke: bool = False, seed: int = 0) -> dict:
-    from vla_rl_lib.config import RLConfig
-    from vla_rl_lib.online.ppo import PPOTrainer
-    from vla_rl_lib.video import record_video
+def quickstart(output_dir: str | Path = "runs/quickstart", smoke: bool = False,
+               notebook: Optional[str | Path] = None) -> Path:
+    """Execute the quickstart notebook into ``output_dir``; return the executed notebook's path."""
+    from vla_rl_lib.notebook import describe_run, run_notebook
 
-    output_dir = Path(output_dir)
-    config = RLConfig(algorithm="ppo", env="CartPole-v1", num_envs=8, rollout_steps=32, batch_size=256,
-                      ppo_epochs=20, ppo_gae_lambda=0.8, discount_gamma=0.98, learning_rate=1e-3,
-                      ppo_entropy_coef=0.0, total_timesteps=20_000 if smoke else 60_000,
-                      eval_freq=10_000, eval_episodes=10, log_freq=2_048, save_freq=0, seed=seed,
-                      device="cpu", output_dir=str(output_dir))
-    trainer = PPOTrainer(env="CartPole-v1", config=config, progress_bar=True)
-    trainer.train()
-    results = trainer.evaluate(num_episodes=10)
-    plot = plot_metrics(output_dir)
-    video = record_video(trainer, "CartPole-v1", output_dir / "rollout.mp4", seed=seed)
-    summary = {"algorithm": "ppo", "env": "CartPole-v1", "steps": trainer.global_step, **results,
-               "plot": str(plot), "video": str(video), "run_dir": str(output_dir)}
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    print(f"PPO on CartPole-v1: {trainer.global_step} steps, evaluation mean reward "
-          f"{results['mean_reward']:.1f} +- {results['std_reward']:.1f}")
-    print(f"run directory: {output_dir.resolve()}")
-    for name in ("config.yaml", "metrics.csv", "metrics.json", "checkpoint.pt", "reward.png", "rollout.mp4", "tb/"):
-        print(f"  {name}")
-    print(f"open it in JupyterLab:  jupyter lab {output_dir}")
-    return summary
+    path = find_notebook(notebook)
+    print(f"running {path} with papermill into {output_dir} (smoke={smoke}) ...", flush=True)
+    executed = run_notebook(path, {"smoke": bool(smoke)}, output_dir, progress_bar=True)
+    print(describe_run(executed))
+    return executed
