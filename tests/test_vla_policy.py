@@ -39,8 +39,10 @@ def test_continuous_policy_matches_its_gaussian(fusion):
     assert torch.allclose(lp2, dist.log_prob(a).sum(-1), atol=1e-5) and torch.allclose(v2, out["value"])
     # deterministic = the mean; samples spread with sigma = exp(log_std_init)
     assert torch.allclose(policy.get_action(obs, deterministic=True), out["mean"])
-    samples = torch.stack([policy.get_action(obs) for _ in range(200)])
-    assert abs(samples.std(0).mean().item() - np.exp(policy.model.config.log_std_init)) < 0.1
+    many = {"image": np.repeat(obs["image"][:1], 400, 0), "instruction": obs["instruction"][0],
+            "state": np.repeat(obs["state"][:1], 400, 0)}
+    samples = policy.get_action(many)
+    assert abs(samples.std(0).mean().item() - np.exp(policy.model.config.log_std_init)) < 0.05
     # gradients reach the model through log_prob
     policy.log_prob(obs, actions).sum().backward()
     assert policy.model.log_std.grad is not None and policy.model.action_out.weight.grad.abs().sum() > 0
