@@ -424,7 +424,8 @@ def make_dataset(env: str, quality: str, size: int, output: str | os.PathLike | 
         "metadata/seed": seed,
         "metadata/size": int(data["actions"].shape[0]),
         "metadata/kit_version": _kit_version(),
-        "metadata/generation_command": _command(env, quality, size, output, seed, user_kw),
+        # the file name only, so the same data written elsewhere is the same bytes
+        "metadata/generation_command": _command(env, quality, size, Path(output.name), seed, user_kw),
         "metadata/return_mean": float(rets.mean()),
         "metadata/episodes": int(len(rets)),
     }
