@@ -136,11 +136,17 @@ class BatchedDrivingEnv(VectorEnv):
         floats = np.stack([np.concatenate([[D.lane_centre(sc.start_lane), 0.0, sc.ego_speed, 0.0, sc.stop_line_y,
                                             0.0, noise, 0.0, 0.0], sc.npc_x, sc.npc_y, sc.npc_v]) for sc in scs])
         ints = np.array([[sc.instruction, sc.start_lane, 0] for sc in scs])
-        ii = torch.as_tensor(idx, device=self.device)
-        self._floats[ii] = torch.as_tensor(floats, dtype=self.dtype, device=self.device)
-        self._ints[ii] = torch.as_tensor(ints, device=self.device)
-        self._flags[ii] = False
-        self._any_noise = bool((self.noise > 0).any())
+        if len(idx) <= 4:  # the usual autoreset of a few worlds: plain row copies are cheapest
+            for j, i in enumerate(idx):
+                self._floats[i].copy_(torch.from_numpy(floats[j]))
+                self._ints[i].copy_(torch.from_numpy(ints[j]))
+                self._flags[i] = False
+        else:
+            ii = torch.as_tensor(idx, device=self.device)
+            self._floats[ii] = torch.as_tensor(floats, dtype=self.dtype, device=self.device)
+            self._ints[ii] = torch.as_tensor(ints, device=self.device)
+            self._flags[ii] = False
+        self._any_noise = noise > 0 or bool((self.noise > 0).any())
         self._refresh()
 
     def reset(self, *, seed=None, options: Optional[dict] = None):
