@@ -134,3 +134,12 @@ def test_plot_summary_draws_both_histograms():
     fig = plot_summary(summarize_dataset(d4rl_like(4, 2)))
     assert len(fig.axes) == 2 and fig.axes[0].get_xlabel() == "episode return"
     assert sum(p.get_height() for p in fig.axes[0].patches) == 3  # three episodes in the histogram
+
+
+def test_own_dataset_under_a_kit_name_comes_before_the_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLA_RL_DATASET_DIR", str(tmp_path))
+    write_hdf5(tmp_path / "hopper-medium-v0.hdf5", d4rl_like(11, 3))
+    assert load_dataset("hopper-medium-v0")["observations"].shape == (300, 11)
+    monkeypatch.setenv("VLA_RL_DATASET_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert load_dataset("hopper-medium-v0")["observations"].shape == (100_000, 11)  # the shipped file

@@ -33,7 +33,7 @@ def test_checksum_and_size(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_loads_by_name_into_the_buffer(name):
     entry = MANIFEST_DATA["datasets"][name]
-    data = load_dataset(name)
+    data = load_dataset(name, data_dir=SHIPPED_DIR)  # the shipped file even if you made a bigger one
     obs_dim, act_dim = DIMS[name]
     buf = OfflineReplayBuffer(obs_dim, act_dim).load_dataset(data)
     assert len(buf) == entry["transitions"] and data["actions"].shape[0] == SHIPPED[name]["size"]
@@ -48,7 +48,7 @@ def test_loads_by_name_into_the_buffer(name):
 def test_medium_is_between_random_and_expert(name):
     """A 'medium' dataset's returns lie well between the random policy's and the expert's
     (measured during generation and stored in the file)."""
-    data = load_dataset(name)
+    data = load_dataset(name, data_dir=SHIPPED_DIR)
     r_random, r_expert = meta_value(data, "random_return"), meta_value(data, "expert_eval_return")
     frac = (summarize_dataset(data)["return_mean"] - r_random) / (r_expert - r_random)
     assert 0.15 < frac < 0.85, (r_random, r_expert, frac)
@@ -58,7 +58,7 @@ def test_medium_is_between_random_and_expert(name):
 
 
 def test_driving_expert_has_images_instructions_and_beats_random():
-    data = load_dataset("driving-expert-v1")
+    data = load_dataset("driving-expert-v1", data_dir=SHIPPED_DIR)
     assert data["images"].shape[1:] == (64, 64, 3) and data["images"].dtype == np.uint8
     assert len(set(data["instructions"].tolist())) == 5
     ret = summarize_dataset(data)["return_mean"]

@@ -9,8 +9,8 @@ Names the kit understands:
   layout of the ``-v2`` tasks D4RL recorded.
 * The kit's own datasets, made by :func:`vla_rl_lib.data.generate.make_dataset` the way D4RL made its
   datasets: ``{pendulum,hopper,halfcheetah,walker2d}-{quality}-v0`` and ``driving-{quality}-v1``.
-  The small ones in ``vla_rl_lib/datasets/`` ship with the package; others are read from
-  ``$VLA_RL_DATASET_DIR`` or ``~/.vla_rl/datasets`` (``<name>.hdf5``), where ``make_dataset`` writes them.
+  They are read from ``$VLA_RL_DATASET_DIR`` or ``~/.vla_rl/datasets`` (``<name>.hdf5``, where
+  ``make_dataset`` writes them), then from ``vla_rl_lib/datasets/``, where small ones ship with the package.
 * Minari ids (``mujoco/hopper/medium-v0``), through the ``minari`` package, when the dataset is local.
 * A path: an ``.hdf5``/``.h5`` file in D4RL layout (RoboMimic and V-D4RL shard files are recognised
   too) or a V-D4RL folder of per-episode ``.npz`` files.
@@ -101,10 +101,13 @@ def d4rl_dirs() -> list[Path]:
 
 
 def kit_dirs() -> list[Path]:
-    dirs = [SHIPPED_DIR]
+    """Where kit names are looked for: your dataset folders first (so a dataset you generated under
+    a kit name, e.g. a full-size ``hopper-medium-v0``, is used), then the files shipped in the package."""
+    dirs = []
     if os.environ.get("VLA_RL_DATASET_DIR"):
         dirs.append(Path(os.environ["VLA_RL_DATASET_DIR"]).expanduser())
     dirs.append(Path("~/.vla_rl/datasets").expanduser())
+    dirs.append(SHIPPED_DIR)
     return dirs
 
 
