@@ -97,7 +97,7 @@ print(f"buffer: {len(buffer)} transitions, evaluation environment {buffer.env_id
 OFFLINE_CONFIG = '''
 config = OfflineRLConfig(num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                          learning_rate=learning_rate, hidden_dim=hidden_dim, discount_gamma=discount_gamma,
-                         eval_freq=max(1, num_epochs // 4), eval_episodes=eval_episodes, log_freq=log_freq,
+                         normalize_states=normalize_states, eval_freq=max(1, num_epochs // 4), eval_episodes=eval_episodes, log_freq=log_freq,
                          save_freq=0, seed=seed, output_dir=str(out))
 plot = LivePlot(min_interval=2.0, save_path=out / "training.png")
 '''
@@ -222,6 +222,7 @@ batch_size = {batch_size}
 learning_rate = {learning_rate}
 hidden_dim = {hidden_dim}
 discount_gamma = 0.99
+normalize_states = True          # standardise observations with the dataset's mean and std
 eval_episodes = 10
 log_freq = 100
 '''
@@ -616,6 +617,7 @@ buffer = OfflineReplayBuffer(obs_dim, action_dim).load_dataset(data)
 iql_plot = LivePlot(min_interval=2.0, save_path=out / "iql_training.png", title="IQL on " + iql_dataset)
 steps_per_epoch = max(iql_steps // 4, 1)
 iql_config = OfflineRLConfig(num_epochs=4, steps_per_epoch=steps_per_epoch, hidden_dim=iql_hidden_dim,
+                             normalize_states=True,
                              log_freq=max(steps_per_epoch // 5, 1),
                              eval_freq=1, eval_episodes=eval_episodes, save_freq=0, seed=seed,
                              output_dir=str(out / "iql"))
@@ -827,7 +829,7 @@ competent policy instead of from scratch. The hand-off is just a policy object
     code(IMPORTS),
     params(PARAM_HEAD.format(name="10_offline_to_online") + """
 dataset = "pendulum-medium-v0"
-offline_steps = 4_000
+offline_steps = 3_000
 online_timesteps = 20_000
 online_learning_rate = 1e-5     # lower learning rate for fine-tuning, as the specification does
 eval_episodes = 5
@@ -849,6 +851,7 @@ offline_plot = LivePlot(min_interval=2.0, save_path=out / "offline_training.png"
 spe = max(offline_steps // 4, 1)
 iql = IQLTrainer(obs_dim, action_dim, callbacks=[offline_plot],
                  config=OfflineRLConfig(num_epochs=4, steps_per_epoch=spe, log_freq=max(spe // 5, 1), eval_freq=2,
+                                        hidden_dim=128, normalize_states=True,
                                         eval_episodes=eval_episodes, save_freq=0, seed=seed, output_dir=str(out / "iql")))
 t0 = time.time()
 iql.train(buffer)
@@ -939,7 +942,8 @@ rows, trainers = [], {}
 for name in [m.strip() for m in offline_methods.split(",") if m.strip()]:
     cls = get_trainer_class(name)
     cfg = OfflineRLConfig(num_epochs=1, steps_per_epoch=offline_steps, log_freq=max(offline_steps // 10, 1),
-                          batch_size=batch_size, hidden_dim=hidden_dim, eval_episodes=0, save_freq=0, seed=seed,
+                          batch_size=batch_size, hidden_dim=hidden_dim, normalize_states=True, eval_episodes=0,
+                          save_freq=0, seed=seed,
                           output_dir=str(out / name))
     extra = dict(warmup_steps=min(500, offline_steps // 10), context_length=10, embed_dim=dt_embed_dim,
                  n_layer=dt_n_layer) if name == "dt" else {}
