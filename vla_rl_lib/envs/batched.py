@@ -233,21 +233,17 @@ class BatchedDrivingEnv(VectorEnv):
         terminated = collision | success
         truncated = ~terminated & (self.steps >= self.max_episode_steps)
 
-        final_obs = None
         if resetting.any():  # NEXT_STEP: these worlds only reset this step
-            ridx = resetting.nonzero().flatten().tolist()
-            self._load(ridx)
+            self._load(resetting.nonzero().flatten().tolist())
             for tensor in (reward, terminated, truncated, collision, success, *terms.values()):
                 tensor[resetting] = 0
+        info = self._info(collision, success, terms)  # before a SAME_STEP reset: the finished step
         done = terminated | truncated
         if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
             self._needs_reset.copy_(done)
-        elif done.any():  # SAME_STEP
-            final_obs = self._observation()
+        elif done.any():  # SAME_STEP: keep the last observation, start the next episode at once
+            info["final_obs"], info["_final_obs"] = self._observation(), done
             self._load(done.nonzero().flatten().tolist())
-        info = self._info(collision, success, terms)
-        if final_obs is not None:
-            info["final_obs"], info["_final_obs"] = final_obs, done
         return (self._out(self._observation()), self._out(reward.float()), self._out(terminated),
                 self._out(truncated), self._out(info))
 
