@@ -194,6 +194,31 @@ def test_td3_bc_learns_pendulum_and_flipped_bc_does_worse(tmp_path, monkeypatch)
     assert good - bad > 300, (good, bad)
 
 
+SHIPPED_STEPS = 5000
+#: On the kit's shipped ``pendulum-medium-v0`` (episodes average -715; reference random -1248):
+#: seeds 0-2 at 5000 steps (hidden 64, batch 256, 5 evaluation episodes) reached -641, -756, -762;
+#: the same models untrained scored -1035, -1194, -1294. -880 sits 118 below the worst trained seed
+#: and 155 above the best untrained one.
+SHIPPED_THRESHOLD = -880.0
+
+
+@pytest.mark.slow
+def test_td3_bc_learns_shipped_pendulum_medium(tmp_path):
+    from vla_rl_lib.data import load_dataset
+
+    buffer = OfflineReplayBuffer(3, 1).load_dataset(load_dataset("pendulum-medium-v0"))
+    trainer = TD3BCTrainer(3, 1, config=_config(tmp_path, SHIPPED_STEPS))
+    trainer.attach_buffer(buffer)
+    assert trainer.env_id == "Pendulum-v1" and trainer.dataset_name == "pendulum-medium-v0"
+    untrained = trainer.evaluate(5)["mean_reward"]
+    trainer.train(buffer)
+    result = trainer.evaluate(5)
+    assert untrained < SHIPPED_THRESHOLD, untrained
+    assert result["mean_reward"] > SHIPPED_THRESHOLD, (result, untrained)
+    assert result["mean_reward"] - untrained > 200, (result, untrained)
+    assert result["normalized_score"] > 25.0  # (-880 - -1248) / (-149 - -1248) * 100 = 33.5
+
+
 # ------------------------------------------------------------------------------------------------
 # checkpoints, resume, bad input
 # ------------------------------------------------------------------------------------------------
