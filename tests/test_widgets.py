@@ -81,10 +81,10 @@ def test_live_plot_is_a_callback_that_throttles_redraws(tmp_path):
     assert is_png(out.read_bytes())
 
 
-def test_live_plot_redraws_when_interval_is_zero():
+def test_live_plot_redraws_when_interval_is_zero_and_overhead_unbounded():
     from widgets import LivePlot
 
-    plot = LivePlot(min_interval=0.0, display=False)
+    plot = LivePlot(min_interval=0.0, display=False, max_overhead=None)
     plot.widget  # noqa: B018 - creating the Image widget makes it draw
     t = _FakeTrainer()
     plot.on_train_start(t)
@@ -229,3 +229,15 @@ def test_dataset_explorer_summarises_a_dataset(pendulum_random):
     explorer.dropdown.value = "nope-random-v0"
     explorer.load_button.click()
     assert explorer.summary is None and "nope-random-v0" in explorer.error
+
+
+def test_live_plot_waits_longer_when_drawing_is_slow():
+    from widgets import LivePlot
+
+    plot = LivePlot(min_interval=0.0, display=False, max_overhead=0.01)  # drawing may take 1% of the time
+    plot.widget  # noqa: B018
+    t = _FakeTrainer()
+    plot.on_train_start(t)  # one forced draw (tens of milliseconds at least) -> the next waits ~99x that
+    for step in range(5):
+        plot.on_log(t, {"step": step, "mean_reward": step})
+    assert plot.redraws == 1

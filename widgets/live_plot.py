@@ -39,16 +39,21 @@ class LivePlot(Callback):
     """Live reward/metrics plot for any trainer (pass it in ``callbacks=[...]``).
 
     ``keys``: training metrics to draw besides the reward (default: the specification's metrics the
-    algorithm logs, then any others, up to ``max_panels``). ``display``: ``"auto"`` (show in a
+    algorithm logs, then any others, up to ``max_panels``). Redraws come at most every
+    ``min_interval`` seconds, and further apart when drawing would otherwise take more than
+    ``max_overhead`` of the time (``None``: no such limit). ``display``: ``"auto"`` (show in a
     notebook, nothing in a script), ``True`` or ``False``. ``kind``: ``"offline"``/``"online"``
     for the expected-range bands (default: from the trainer).
     """
 
     def __init__(self, keys: Optional[Sequence[str]] = None, min_interval: float = 2.0, title: Optional[str] = None,
                  display="auto", max_panels: int = 4, figsize: Optional[tuple] = None, kind: Optional[str] = None,
-                 save_path: Optional[str | Path] = None):
+                 save_path: Optional[str | Path] = None, max_overhead: Optional[float] = 0.1):
         self.keys = list(keys) if keys is not None else None
         self.min_interval = float(min_interval)
+        # drawing may take at most this fraction of the wall time: on a slow or busy machine, where
+        # one redraw takes a second, the plot waits longer than min_interval between redraws
+        self.max_overhead = max_overhead
         self.title = title
         self.display = _in_ipython_kernel() if display == "auto" else bool(display)
         self.max_panels = int(max_panels)
@@ -59,7 +64,7 @@ class LivePlot(Callback):
         self.evaluations: list[dict] = []
         self.redraws = 0
         self.png: Optional[bytes] = None
-        self._last_draw = -math.inf
+        self._next_draw = -math.inf
         self._handle = None
         self._widget = None
         self._algorithm = ""
@@ -177,14 +182,18 @@ class LivePlot(Callback):
 
     def refresh(self, force: bool = False) -> bool:
         """Redraw if ``min_interval`` seconds have passed (or ``force``); returns whether it drew."""
-        now = time.monotonic()
-        if not force and now - self._last_draw < self.min_interval:
+        start = time.monotonic()
+        if not force and start < self._next_draw:
             return False
         if not self.display and self._widget is None and not force:
             return False
-        self._last_draw = now
         self.png = self.render_png()
         self.redraws += 1
+        end = time.monotonic()
+        wait = self.min_interval
+        if self.max_overhead:
+            wait = max(wait, (end - start) * (1.0 / self.max_overhead - 1.0))
+        self._next_draw = start + wait
         if self._widget is not None:
             self._widget.value = self.png
         if self.display:
