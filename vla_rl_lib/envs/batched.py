@@ -1,18 +1,27 @@
-"""Many driving worlds stepped at once with torch: a gymnasium vector env.
+"""Many driving worlds stepped at once: a gymnasium vector env on numpy (CPU) or torch (GPU).
 
-:class:`BatchedDrivingEnv` holds every world's state as tensors of shape ``(num_envs, ...)`` and
+:class:`BatchedDrivingEnv` holds every world's state as arrays of shape ``(num_envs, ...)`` and
 runs the same dynamics, task logic, state vector, reward (:func:`compute_reward` is called on whole
 batches) and picture as :class:`~vla_rl_lib.envs.driving.DrivingEnv`. New episodes are drawn by
 the same :func:`~vla_rl_lib.envs.driving.sample_scenario`, from one numpy Generator per world seeded
 ``seed + i`` exactly as gymnasium seeds a ``SyncVectorEnv``: the batched env and a SyncVectorEnv of
 ``DrivingEnv`` given the same seed and actions produce the same episodes (up to float rounding).
 
-Rendering is batched too: the road is gathered from a pre-drawn label strip, every car's rectangle
-is the outer product of a row mask and a column mask (one ``bmm`` paints all cars of all worlds),
-labels are combined by ``max`` (a higher label is painted on top), and a palette lookup makes RGB.
+One implementation, two array libraries. The code below is written once against ``xp``, which is
+either ``numpy`` or ``torch``: both spell ``xp.where``, ``xp.clip``, ``xp.floor``, ``xp.stack``,
+``xp.zeros(..., dtype=, device=)``, indexing and arithmetic the same way. The handful of calls they
+spell differently (copying, turning floats into integers, ...) live in :class:`_NumpyOps` and
+:class:`_TorchOps`. Why numpy on a CPU: a step is a few hundred operations on arrays of ~64
+numbers, and numpy does each in about a microsecond where torch's dispatcher needs several; on a
+GPU torch runs the same code (``device="cuda"``), and ``backend="torch"`` forces torch on a CPU.
 
-``device="cuda"`` runs it all on a GPU. ``return_tensors="numpy"`` (default, as gymnasium vector
-envs do) or ``"torch"`` (tensors on ``device``; best on a GPU) chooses what ``step`` returns.
+Rendering is batched too: the road comes from one of ``period`` pre-drawn scrolled views, and every
+rectangle (stop line, car bodies, windscreens) is a small patch of byte addresses into one flat
+buffer holding all images, written with one indexed assignment per colour; addresses that fall
+outside a rectangle or the image go to a spare pixel after the last image.
+
+``return_tensors="numpy"`` (default, as gymnasium vector envs do) or ``"torch"`` (tensors on
+``device``; best on a GPU) chooses what ``step`` returns.
 Autoreset follows gymnasium's ``NEXT_STEP`` mode by default (the step after an episode ends resets
 that world and ignores its action; reward 0, not done); ``autoreset_mode="same_step"`` resets in the
 same step and puts the last observation in ``info["final_obs"]`` (valid where
@@ -34,11 +43,81 @@ from vla_rl_lib.errors import ConfigError, IncompatibleError
 _MODES = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
 
 
-class BatchedDrivingEnv(VectorEnv):
-    """``num_envs`` driving worlds in torch tensors (see the module docstring).
+class _NumpyOps:
+    """The calls numpy and torch spell differently: numpy's spelling."""
 
-    Args are those of :class:`DrivingEnv` plus ``num_envs``, ``device``, ``dtype`` (float64 on CPU,
-    float32 on CUDA by default), ``return_tensors`` ("numpy" | "torch"), ``autoreset_mode``
+    xp = np
+    device = "cpu"
+    int64, uint8, float32 = np.int64, np.uint8, np.float32
+
+    def __init__(self, dtype):
+        self.float = {torch.float64: np.float64, torch.float32: np.float32}[dtype]
+
+    @staticmethod
+    def copy(a):
+        return a.copy()
+
+    @staticmethod
+    def to_int(a):
+        return a.astype(np.int64)
+
+    @staticmethod
+    def nonzero(mask):
+        return np.nonzero(mask)
+
+    @staticmethod
+    def take_rows(src, index, out):
+        np.take(src, index, axis=0, out=out)
+
+    @staticmethod
+    def to_numpy(a):
+        return a
+
+    @staticmethod
+    def to_torch(a):
+        return torch.from_numpy(a)
+
+
+class _TorchOps:
+    """The calls numpy and torch spell differently: torch's spelling."""
+
+    xp = torch
+    int64, uint8, float32 = torch.int64, torch.uint8, torch.float32
+
+    def __init__(self, dtype, device):
+        self.float, self.device = dtype, device
+
+    @staticmethod
+    def copy(a):
+        return a.clone()
+
+    @staticmethod
+    def to_int(a):
+        return a.long()
+
+    @staticmethod
+    def nonzero(mask):
+        return torch.nonzero(mask, as_tuple=True)
+
+    @staticmethod
+    def take_rows(src, index, out):
+        torch.index_select(src, 0, index, out=out)
+
+    @staticmethod
+    def to_numpy(a):
+        return a.cpu().numpy()
+
+    @staticmethod
+    def to_torch(a):
+        return a
+
+
+class BatchedDrivingEnv(VectorEnv):
+    """``num_envs`` driving worlds in numpy arrays or torch tensors (see the module docstring).
+
+    Args are those of :class:`DrivingEnv` plus ``num_envs``, ``device``, ``dtype`` (a torch dtype:
+    float64 on CPU, float32 on CUDA by default), ``backend`` ("numpy" | "torch"; default numpy on
+    the CPU, torch elsewhere), ``return_tensors`` ("numpy" | "torch"), ``autoreset_mode``
     ("next_step" | "same_step") and ``render_images`` (False leaves ``image`` all zeros, faster).
     """
 
@@ -46,7 +125,8 @@ class BatchedDrivingEnv(VectorEnv):
                  image_size: int = 64, num_lanes: int = 3, max_episode_steps: int = 200,
                  reward_fn: Optional[Callable[..., Any]] = None, device: str = "cpu",
                  dtype: Optional[torch.dtype] = None, return_tensors: str = "numpy",
-                 autoreset_mode: str = "next_step", render_images: bool = True):
+                 autoreset_mode: str = "next_step", render_images: bool = True,
+                 backend: Optional[str] = None):
         if int(num_envs) < 1:
             raise ConfigError(f"num_envs={num_envs!r} must be >= 1")
         if return_tensors not in ("numpy", "torch"):
@@ -66,6 +146,14 @@ class BatchedDrivingEnv(VectorEnv):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
         self.dtype = dtype or (torch.float64 if self.device.type == "cpu" else torch.float32)
+        if self.dtype not in (torch.float64, torch.float32):
+            raise ConfigError(f"dtype={dtype!r}: use torch.float64 or torch.float32")
+        self.backend = backend or ("numpy" if self.device.type == "cpu" else "torch")
+        if self.backend not in ("numpy", "torch"):
+            raise ConfigError(f"backend={backend!r}: use 'numpy' or 'torch'")
+        if self.backend == "numpy" and self.device.type != "cpu":
+            raise ConfigError(f"backend='numpy' runs on the CPU only, not on device={device!r}; use backend='torch'")
+        self.ops = _NumpyOps(self.dtype) if self.backend == "numpy" else _TorchOps(self.dtype, self.device)
         self.return_tensors = return_tensors
         self.render_images = bool(render_images)
         self.metadata = {"autoreset_mode": _MODES[autoreset_mode], "render_modes": []}
@@ -75,13 +163,15 @@ class BatchedDrivingEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
-        n, k, dev, dt = self.num_envs, D.max_cars(self.num_lanes), self.device, self.dtype
-        # All per-world state lives in three tensors (floats, integers, flags); the names below are
-        # views into them, so a new episode is written with one row assignment per tensor and the
+        xp, ops = self.ops.xp, self.ops
+        n, k = self.num_envs, D.max_cars(self.num_lanes)
+        fl = dict(dtype=ops.float, device=ops.device)
+        # All per-world state lives in three arrays (floats, integers, flags); the names below are
+        # views into them, so a new episode is written with one row assignment per array and the
         # dynamics update the views in place.
-        self._floats = torch.zeros(n, 9 + 3 * k, dtype=dt, device=dev)
-        self._ints = torch.zeros(n, 3, dtype=torch.long, device=dev)
-        self._flags = torch.zeros(n, 3, dtype=torch.bool, device=dev)
+        self._floats = xp.zeros((n, 9 + 3 * k), **fl)
+        self._ints = xp.zeros((n, 3), dtype=ops.int64, device=ops.device)
+        self._flags = xp.zeros((n, 3), dtype=bool if xp is np else torch.bool, device=ops.device)
         f = self._floats
         self.x, self.y, self.v, self.heading = f[:, 0], f[:, 1], f[:, 2], f[:, 3]
         self.stop_line_y, self.progress, self.noise = f[:, 4], f[:, 5], f[:, 6]
@@ -89,33 +179,30 @@ class BatchedDrivingEnv(VectorEnv):
         self.npc_x, self.npc_y, self.npc_v = f[:, 9:9 + k], f[:, 9 + k:9 + 2 * k], f[:, 9 + 2 * k:]
         self.task, self.start_lane, self.steps = self._ints[:, 0], self._ints[:, 1], self._ints[:, 2]
         self.passed, self.failed, self._needs_reset = self._flags[:, 0], self._flags[:, 1], self._flags[:, 2]
-        self._lane_centres = (torch.arange(self.num_lanes, dtype=dt, device=dev) + 0.5) * D.LANE_WIDTH
-        shift = torch.zeros(len(D.INSTRUCTIONS), dtype=dt, device=dev)
+        self._lane_centres = xp.asarray(D.lane_centre(np.arange(self.num_lanes)), **fl)
+        shift = np.zeros(len(D.INSTRUCTIONS))
         shift[D.LEFT], shift[D.RIGHT] = -D.LANE_WIDTH, D.LANE_WIDTH
-        self._task_shift = shift  # target lane centre - start lane centre, per instruction
+        self._task_shift = xp.asarray(shift, **fl)  # target lane centre - start lane centre, per instruction
         half_road, sr = self.num_lanes * D.LANE_WIDTH / 2, D.SENSE_RANGE
-        self._state_scale = 1.0 / torch.tensor(  # divisors of the first 13 state entries (STATE_FIELDS)
-            [D.LANE_WIDTH, 1.0, D.MAX_SPEED, half_road, sr, sr, D.MAX_SPEED, sr, sr, sr, sr, sr, D.LANE_WIDTH],
-            dtype=dt, device=dev)
+        self._state_scale = xp.asarray(1.0 / np.array(  # divisors of the first 13 state entries (STATE_FIELDS)
+            [D.LANE_WIDTH, 1.0, D.MAX_SPEED, half_road, sr, sr, D.MAX_SPEED, sr, sr, sr, sr, sr, D.LANE_WIDTH]), **fl)
+        self._one_hot = xp.eye(len(D.INSTRUCTIONS), **fl)  # row t = the one-hot code of instruction t
+        self._world = xp.arange(n, device=ops.device)
+        self._side = xp.asarray([-1.0, 0.0, 1.0], **fl)  # left, own, right lane
+        self._ahead = xp.asarray([True, False], device=ops.device)
         self._rngs = [seeding.np_random(None)[0] for _ in range(n)]
         self._fixed = [None if self.instruction is None else D.instruction_id(self.instruction)] * n
         self._loaded = False
 
         # rendering constants
         g = self._geom = D.RoadGeometry(self.num_lanes, self.image_size)
-        self._strip = torch.as_tensor(g.strip, device=dev)
-        self._palette = torch.as_tensor(D.PALETTE, device=dev)
-        self._ego_top = D._round(g.row(D.CAR_LENGTH / 2))
-        self._ego_bottom = D._round(g.row(-D.CAR_LENGTH / 2))
-        self._arange_h = torch.arange(g.size, device=dev)
-        self._world = torch.arange(n, device=dev)
-        self._side = torch.tensor([-1.0, 0.0, 1.0], dtype=dt, device=dev)  # left, own, right lane
-        self._ahead = torch.tensor([True, False], device=dev)
+        self._palette = xp.asarray(D.PALETTE, device=ops.device)
+        self._arange_h = xp.arange(g.size, device=ops.device)
+        self._rgb = xp.arange(3, device=ops.device)
         self._spare = n * g.size * g.size  # index of the spare pixel that takes clipped paint
-        views = [torch.as_tensor(D.PALETTE[g.strip[o:o + g.size]]) for o in range(g.period)]
-        self._road_views = torch.stack(views).to(dev)  # (period, H, W, 3): every scroll position
+        views = [D.PALETTE[g.strip[o:o + g.size]] for o in range(g.period)]
+        self._road_views = xp.asarray(np.stack(views), device=ops.device)  # (period, H, W, 3): every scroll
         self._colour_cache = {}
-        self._rgb = torch.arange(3, device=dev)
         self._car_h = int(np.ceil(D.CAR_LENGTH * g.sy)) + 1  # patch sizes that hold any rounding
         self._car_w = int(np.ceil(D.CAR_WIDTH * g.sx)) + 1
         self._line_h = int(np.ceil(D.STOP_LINE_WIDTH * g.sy)) + 1
@@ -126,9 +213,8 @@ class BatchedDrivingEnv(VectorEnv):
         self.difficulty = D.get_difficulty(difficulty)
 
     # ---- episodes ------------------------------------------------------------------------------
-    def _load(self, indices) -> None:
-        """Draw new scenarios for worlds ``indices`` (each from its own Generator) and reset them."""
-        idx = list(indices)
+    def _load(self, idx: list) -> None:
+        """Draw new scenarios for worlds ``idx`` (each from its own Generator) and reset them."""
         if not idx:
             return
         scs = [D.sample_scenario(self._rngs[i], self.difficulty, self.num_lanes, self._fixed[i]) for i in idx]
@@ -136,18 +222,17 @@ class BatchedDrivingEnv(VectorEnv):
         floats = np.stack([np.concatenate([[D.lane_centre(sc.start_lane), 0.0, sc.ego_speed, 0.0, sc.stop_line_y,
                                             0.0, noise, 0.0, 0.0], sc.npc_x, sc.npc_y, sc.npc_v]) for sc in scs])
         ints = np.array([[sc.instruction, sc.start_lane, 0] for sc in scs])
-        if len(idx) <= 4:  # the usual autoreset of a few worlds: plain row copies are cheapest
-            for j, i in enumerate(idx):
-                self._floats[i].copy_(torch.from_numpy(floats[j]))
-                self._ints[i].copy_(torch.from_numpy(ints[j]))
-                self._flags[i] = False
-        else:
-            ii = torch.as_tensor(idx, device=self.device)
-            self._floats[ii] = torch.as_tensor(floats, dtype=self.dtype, device=self.device)
-            self._ints[ii] = torch.as_tensor(ints, device=self.device)
-            self._flags[ii] = False
+        xp, ops = self.ops.xp, self.ops
+        rows = xp.asarray(idx, device=ops.device)
+        self._floats[rows] = xp.asarray(floats, dtype=ops.float, device=ops.device)
+        self._ints[rows] = xp.asarray(ints, dtype=ops.int64, device=ops.device)
+        self._flags[rows] = False
         self._any_noise = noise > 0 or bool((self.noise > 0).any())
         self._refresh()
+
+    def _indices(self, mask) -> list:
+        """Python list of the worlds where ``mask`` is true."""
+        return np.flatnonzero(self.ops.to_numpy(mask)).tolist()
 
     def reset(self, *, seed=None, options: Optional[dict] = None):
         options = dict(options or {})
@@ -174,269 +259,259 @@ class BatchedDrivingEnv(VectorEnv):
                 self._fixed[i] = None if ins[i] is None else D.instruction_id(ins[i])
         self._load(idx)
         self._loaded = True
-        info = self._info(torch.zeros(self.num_envs, dtype=torch.bool, device=self.device),
-                          torch.zeros(self.num_envs, dtype=torch.bool, device=self.device),
-                          {k: torch.zeros(self.num_envs, dtype=self.dtype, device=self.device)
-                           for k in D.REWARD_TERMS})
+        no = self.ops.copy(self._needs_reset) & False
+        info = self._info(no, no, {k: self._batch(0.0) for k in D.REWARD_TERMS})
         return self._out(self._observation()), self._out(info)
 
     def step(self, actions):
         if not self._loaded:
             raise ConfigError("call reset() before step() on BatchedDrivingEnv")
-        a = torch.as_tensor(actions, device=self.device).to(self.dtype)
+        xp, ops = self.ops.xp, self.ops
+        if isinstance(actions, torch.Tensor) and xp is np:
+            actions = actions.detach().cpu().numpy()
+        a = xp.asarray(actions, dtype=ops.float, device=ops.device)
         if tuple(a.shape) != (self.num_envs, 2):
             raise IncompatibleError(
                 f"batched driving actions must have shape ({self.num_envs}, 2) = (steering, acceleration) "
                 f"per env, got {tuple(a.shape)}"
             )
-        a = a.clamp(-1.0, 1.0)
-        resetting = self._needs_reset.clone() if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP \
-            else torch.zeros_like(self._needs_reset)
+        a = xp.clip(a, -1.0, 1.0)
+        next_step = self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+        resetting = ops.copy(self._needs_reset) if next_step else self._needs_reset & False
         executed = a
         if self._any_noise:  # the same draws as DrivingEnv, from each world's Generator
-            active = (~resetting).cpu().numpy()
+            active = ~ops.to_numpy(resetting)
             noise = np.zeros((self.num_envs, 2))
-            for i, std in enumerate(self.noise.cpu().numpy()):
+            for i, std in enumerate(ops.to_numpy(self.noise)):
                 if std > 0 and active[i]:
                     noise[i] = self._rngs[i].normal(0.0, std, 2)
-            executed = (a + torch.as_tensor(noise, dtype=self.dtype, device=self.device)).clamp(-1.0, 1.0)
+            executed = xp.clip(a + xp.asarray(noise, dtype=ops.float, device=ops.device), -1.0, 1.0)
 
         # 1. ego cars: kinematic bicycle, semi-implicit Euler (as DrivingEnv.step), in place
         steer, accel = executed[:, 0], executed[:, 1]
-        self.v.copy_((self.v + accel * D.MAX_ACCEL * D.DT).clamp(0.0, D.MAX_SPEED))
-        self.heading.copy_((self.heading + self.v / D.WHEELBASE * torch.tan(steer * D.MAX_STEER) * D.DT).clamp(
-            -D.MAX_HEADING, D.MAX_HEADING))
-        self.x.add_(self.v * torch.sin(self.heading) * D.DT)
-        self.y.add_(self.v * torch.cos(self.heading) * D.DT)
+        self.v[...] = xp.clip(self.v + accel * D.MAX_ACCEL * D.DT, 0.0, D.MAX_SPEED)
+        self.heading[...] = xp.clip(self.heading + self.v / D.WHEELBASE * xp.tan(steer * D.MAX_STEER) * D.DT,
+                                    -D.MAX_HEADING, D.MAX_HEADING)
+        self.x += self.v * xp.sin(self.heading) * D.DT
+        self.y += self.v * xp.cos(self.heading) * D.DT
         # 2. traffic: straight on, wrapped on a ring around the ego car
-        self.npc_y.add_(self.npc_v * D.DT)
+        self.npc_y += self.npc_v * D.DT
         rel = self.npc_y - self.y[:, None]
-        self.npc_y.add_(torch.where(rel < -D.RING_BEHIND, D.TRAFFIC_RING, 0.0)
-                        - torch.where(rel >= D.TRAFFIC_RING - D.RING_BEHIND, D.TRAFFIC_RING, 0.0))
+        self.npc_y += D.TRAFFIC_RING * (rel < -D.RING_BEHIND) - D.TRAFFIC_RING * (rel >= D.TRAFFIC_RING - D.RING_BEHIND)
         # 3. what happened
         self._refresh()
         collision = self._collided()
         success = self._update_task() & ~collision
-        progress = torch.where(self.task == D.STOP,
-                               torch.minimum(self.y, self.stop_line_y - D.CAR_LENGTH / 2), self.y)
+        progress = xp.where(self.task == D.STOP, xp.minimum(self.y, self.stop_line_y - D.CAR_LENGTH / 2), self.y)
         terms = self.reward_fn(collision=collision, success=success, progress_delta=progress - self.progress,
-                               lane_offset=self._lane_offset(), action=a, prev_action=self.prev_action)
+                               lane_offset=self._lane_off, action=a, prev_action=self.prev_action)
         if not isinstance(terms, dict):
             terms = {"custom": terms}
-        terms = {k: v if isinstance(v, torch.Tensor) and v.shape == (self.num_envs,) and v.dtype == self.dtype
-                 else torch.as_tensor(v, dtype=self.dtype, device=self.device).expand(self.num_envs).clone()
-                 for k, v in terms.items()}
+        terms = {k: self._batch(v) for k, v in terms.items()}
         reward = sum(terms.values())
-        self.progress.copy_(progress)
-        self.prev_action.copy_(a)
-        self.steps.add_(1)
+        self.progress[...] = progress
+        self.prev_action[...] = a
+        self.steps += 1
         terminated = collision | success
         truncated = ~terminated & (self.steps >= self.max_episode_steps)
 
         if resetting.any():  # NEXT_STEP: these worlds only reset this step
-            self._load(resetting.nonzero().flatten().tolist())
-            for tensor in (reward, terminated, truncated, collision, success, *terms.values()):
-                tensor[resetting] = 0
+            self._load(self._indices(resetting))
+            for array in (reward, terminated, truncated, collision, success, *terms.values()):
+                array[resetting] = 0
         info = self._info(collision, success, terms)  # before a SAME_STEP reset: the finished step
         done = terminated | truncated
-        if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
-            self._needs_reset.copy_(done)
+        if next_step:
+            self._needs_reset[...] = done
         elif done.any():  # SAME_STEP: keep the last observation, start the next episode at once
             info["final_obs"], info["_final_obs"] = self._observation(), done
-            self._load(done.nonzero().flatten().tolist())
-        return (self._out(self._observation()), self._out(reward.float()), self._out(terminated),
-                self._out(truncated), self._out(info))
+            self._load(self._indices(done))
+        return (self._out(self._observation()), self._out(ops.xp.asarray(reward, dtype=ops.float32)),
+                self._out(terminated), self._out(truncated), self._out(info))
+
+    def _batch(self, value):
+        """A reward term as its own writable ``(num_envs,)`` float array (a number is broadcast)."""
+        xp, ops = self.ops.xp, self.ops
+        if isinstance(value, torch.Tensor) and xp is np:
+            value = value.detach().cpu().numpy()
+        return xp.zeros(self.num_envs, dtype=ops.float, device=ops.device) + \
+            xp.asarray(value, dtype=ops.float, device=ops.device)
 
     # ---- task logic (vectorised DrivingEnv methods) -----------------------------------------------
-    def _start_x(self):
-        return self._lane_centres[self.start_lane]
-
     def _refresh(self):
         """Cache the offsets from the start lane and the target lane after the state changed."""
-        self._start_off = self.x - self._start_x()
-        self._lane_off = self.x - self._target_x()
+        start_x = self._lane_centres[self.start_lane]
+        nearest = D.lane_centre(self._current_lane())  # overtaking: any lane centre will do
+        target_x = self.ops.xp.where(self.task == D.OVERTAKE, nearest, start_x + self._task_shift[self.task])
+        self._start_off = self.x - start_x
+        self._lane_off = self.x - target_x
 
     def _current_lane(self):
-        return torch.floor(self.x / D.LANE_WIDTH).clamp(0, self.num_lanes - 1)
-
-    def _target_x(self):
-        nearest = self._lane_centres[self._current_lane().long()]
-        return torch.where(self.task == D.OVERTAKE, nearest, self._start_x() + self._task_shift[self.task])
-
-    def _lane_offset(self):
-        return self._lane_off
+        return self.ops.xp.clip(self.ops.xp.floor(self.x / D.LANE_WIDTH), 0, self.num_lanes - 1)
 
     def _collided(self):
         road = self.num_lanes * D.LANE_WIDTH
         off_road = (self.x - D.CAR_WIDTH / 2 < 0.0) | (self.x + D.CAR_WIDTH / 2 > road)
-        hit = ((self.npc_x - self.x[:, None]).abs() < D.CAR_WIDTH) & \
-              ((self.npc_y - self.y[:, None]).abs() < D.CAR_LENGTH)
+        hit = (abs(self.npc_x - self.x[:, None]) < D.CAR_WIDTH) & (abs(self.npc_y - self.y[:, None]) < D.CAR_LENGTH)
         return off_road | hit.any(1)
 
     def _update_task(self):
         task = self.task
-        start_off = self._start_off
-        straight = self.heading.abs() < D.HEADING_TOLERANCE
+        start_off = abs(self._start_off)
+        straight = abs(self.heading) < D.HEADING_TOLERANCE
         to_line = self.stop_line_y - (self.y + D.CAR_LENGTH / 2)
-        self.failed |= ((task == D.KEEP) & (start_off.abs() > D.KEEP_TOLERANCE)) | ((task == D.STOP) & (to_line < 0))
+        self.failed |= ((task == D.KEEP) & (start_off > D.KEEP_TOLERANCE)) | ((task == D.STOP) & (to_line < 0))
         passed_now = (self.y - D.CAR_LENGTH / 2) - (self.npc_y[:, 0] + D.CAR_LENGTH / 2) >= D.PASS_MARGIN
         self.passed |= (task == D.OVERTAKE) & passed_now
         keep = ~self.failed & (self.y >= D.KEEP_DISTANCE)
-        change = (self._lane_offset().abs() < D.LANE_TOLERANCE) & straight
-        stop = ~self.failed & (self.v < D.STOP_SPEED) & (to_line <= D.STOP_ZONE) & (start_off.abs() < 1.0)
-        overtake = self.passed & (start_off.abs() < D.LANE_TOLERANCE) & straight
-        return torch.stack([keep, change, change, stop, overtake], 1).gather(1, task[:, None]).squeeze(1)
+        change = (abs(self._lane_off) < D.LANE_TOLERANCE) & straight
+        stop = ~self.failed & (self.v < D.STOP_SPEED) & (to_line <= D.STOP_ZONE) & (start_off < 1.0)
+        overtake = self.passed & (start_off < D.LANE_TOLERANCE) & straight
+        return self.ops.xp.stack([keep, change, change, stop, overtake], 1)[self._world, task]
 
     # ---- observations ----------------------------------------------------------------------------
     def _gaps(self):
         """Gaps (m, clipped to SENSE_RANGE) to the nearest cars ahead/behind in the lanes left of,
         at and right of the ego car, as (N, 3, 2) [lane, ahead/behind], and the speed of the car
         ahead in the ego lane (as DrivingEnv._gaps)."""
-        lane = self._current_lane()
-        lanes = lane[:, None] + self._side  # (N, 3)
+        xp = self.ops.xp
+        lanes = self._current_lane()[:, None] + self._side  # (N, 3)
         rel = (self.npc_y - self.y[:, None])[:, None, None, :]  # (N, 1, 1, K)
-        npc_lane = torch.floor(self.npc_x / D.LANE_WIDTH)[:, None, None, :]
-        side = torch.where(self._ahead[None, None, :, None], rel >= 0, rel < 0)  # (N, 1, 2, K)
+        npc_lane = xp.floor(self.npc_x / D.LANE_WIDTH)[:, None, None, :]
+        side = xp.where(self._ahead[None, None, :, None], rel >= 0, rel < 0)  # (N, 1, 2, K)
         mask = (npc_lane == lanes[:, :, None, None]) & side  # (N, 3, 2, K)
-        d = torch.where(mask, rel.abs(), torch.full_like(mask, float("inf"), dtype=self.dtype))
-        dmin, i = d.min(-1)
-        gap = torch.where(mask.any(-1), (dmin - D.CAR_LENGTH).clamp(0.0, D.SENSE_RANGE),
-                          torch.full_like(dmin, D.SENSE_RANGE))
+        d = xp.where(mask, abs(rel), float("inf"))
+        gap = xp.where(mask.any(-1), xp.clip(xp.amin(d, -1) - D.CAR_LENGTH, 0.0, D.SENSE_RANGE), D.SENSE_RANGE)
         valid = (lanes >= 0) & (lanes < self.num_lanes)
-        gap = torch.where(valid[:, :, None], gap, torch.zeros_like(gap))
-        v_ahead = self.npc_v.gather(1, i[:, 1, 0:1]).squeeze(1)
+        gap = xp.where(valid[:, :, None], gap, 0.0)
+        v_ahead = self.npc_v[self._world, xp.argmin(d[:, 1, 0], -1)]
         return gap, v_ahead
 
     def _state(self):
+        xp, ops = self.ops.xp, self.ops
         gaps, v_ahead = self._gaps()
         gap = gaps[:, 1, 0]
-        closing = torch.where(gap < D.SENSE_RANGE, self.v - v_ahead, torch.zeros_like(gap))
+        closing = xp.where(gap < D.SENSE_RANGE, self.v - v_ahead, 0.0)
         half_road = self.num_lanes * D.LANE_WIDTH / 2
-        raw = torch.stack([
-            self._lane_offset(),
+        raw = xp.stack([
+            self._lane_off,
             self.heading,
             self.v,
             self.x - half_road,
-            (self.stop_line_y - self.y - D.CAR_LENGTH / 2).clamp(-D.SENSE_RANGE, D.SENSE_RANGE),
+            xp.clip(self.stop_line_y - self.y - D.CAR_LENGTH / 2, -D.SENSE_RANGE, D.SENSE_RANGE),
             gap,
             closing,
             gaps[:, 0, 0], gaps[:, 0, 1], gaps[:, 2, 0], gaps[:, 2, 1],
-            (self.npc_y[:, 0] - self.y).clamp(-D.SENSE_RANGE, D.SENSE_RANGE),
+            xp.clip(self.npc_y[:, 0] - self.y, -D.SENSE_RANGE, D.SENSE_RANGE),
             self._start_off,
         ], 1)
-        onehot = torch.nn.functional.one_hot(self.task, len(D.INSTRUCTIONS))
-        return torch.cat([raw * self._state_scale, onehot], 1).float()
+        return xp.asarray(xp.concatenate([raw * self._state_scale, self._one_hot[self.task]], 1), dtype=ops.float32)
 
-    def _paint(self, buf, world, top, bottom, left, right, h_max, w_max, label):
+    def _paint(self, buf, world, top, bottom, left, right, h_max, w_max, label: int):
         """Fill rectangles [top, bottom) x [left, right) of image ``world`` with colour ``label``.
 
-        All arguments but the patch size are 1-D, one entry per rectangle. ``buf`` is the flat
-        uint8 byte buffer of all images (N*H*W*3 bytes plus one spare pixel). Every rectangle is an
-        ``h_max`` x ``w_max`` patch of byte addresses; addresses outside the rectangle or the image
-        go to the spare pixel. One ``scatter_``
-        paints all rectangles of all worlds (overlapping rectangles of one call: either may win).
+        All arguments but the patch size and the label are 1-D integer arrays, one entry per
+        rectangle. ``buf`` is the flat uint8 byte buffer of all images (N*H*W*3 bytes plus one spare
+        pixel). Every rectangle is an ``h_max`` x ``w_max`` patch of byte addresses; addresses
+        outside the rectangle or the image go to the spare pixel. One indexed assignment paints all
+        rectangles of all worlds (overlapping rectangles of one call: either may win).
         """
+        xp = self.ops.xp
         size, spare = self.image_size, self._spare * 3
         rows = top[:, None] + self._arange_h[:h_max]  # (M, h_max)
         cols = left[:, None] + self._arange_h[:w_max]  # (M, w_max)
         rok = (rows >= 0) & (rows < size) & (rows < bottom[:, None])
         cok = (cols >= 0) & (cols < size) & (cols < right[:, None])
         # byte address = row part + column part; a part outside the rectangle or image is `spare`,
-        # so that the sum is >= spare and the clamp sends that pixel to the spare one
-        row_part = torch.where(rok, (world[:, None] * size + rows) * (size * 3), spare)
-        col_part = torch.where(cok, cols * 3, spare)
-        pixel = (row_part[:, :, None] + col_part[:, None, :]).clamp_(max=spare)  # (M, h_max, w_max)
-        addr = (pixel[..., None] + self._rgb).flatten()  # every byte: (M * h_max * w_max * 3)
-        counts = torch.bincount(label, minlength=len(D.PALETTE)).tolist() if label.dim() else None
-        if counts is None:  # one colour for all
-            colours = self._colour_bytes(int(label), addr.numel())
-        else:  # rectangles come grouped by label (in increasing order)
-            per = h_max * w_max * 3
-            colours = torch.cat([self._colour_bytes(lab, c * per) for lab, c in enumerate(counts) if c])
-        buf.scatter_(0, addr, colours)
+        # so that the sum is >= spare and the clip sends that pixel to the spare one
+        row_part = xp.where(rok, (world[:, None] * size + rows) * (size * 3), spare)
+        col_part = xp.where(cok, cols * 3, spare)
+        pixel = xp.clip(row_part[:, :, None] + col_part[:, None, :], 0, spare)  # (M, h_max, w_max)
+        addr = (pixel[..., None] + self._rgb).reshape(-1)  # every byte: (M * h_max * w_max * 3)
+        buf[addr] = self._colour_bytes(label, addr.shape[0])
 
     def _colour_bytes(self, label: int, count: int):
         """``count`` bytes of the colour ``label`` repeated (RGBRGB...), from a growing cache."""
         cached = self._colour_cache.get(label)
-        if cached is None or cached.numel() < count:
-            cached = self._palette[label].repeat(max(count, 3 * 4096) // 3 + 1)
+        if cached is None or cached.shape[0] < count:
+            cached = self.ops.xp.tile(self._palette[label], (max(count, 3 * 4096) // 3 + 1,))
             self._colour_cache[label] = cached
         return cached[:count]
 
     def _render(self):
+        xp, ops = self.ops.xp, self.ops
         g, n, size = self._geom, self.num_envs, self.image_size
-        rnd = lambda v: torch.floor(v + 0.5).long()  # noqa: E731  (round half up, as DrivingEnv)
-        buf = torch.empty((n * size * size + 1) * 3, dtype=torch.uint8, device=self.device)
-        image = buf[:-3].view(n, size, size, 3)
-        # road: one of the `period` pre-drawn scrolled views
-        c = torch.floor(self.y * g.sy).long() + D._round(g.ego_row)
-        torch.index_select(self._road_views, 0, torch.remainder(-c, g.period), out=image)
+        rnd = lambda v: ops.to_int(xp.floor(v + 0.5))  # noqa: E731  (round half up, as DrivingEnv)
+        buf = xp.empty((n * size * size + 1) * 3, dtype=ops.uint8, device=ops.device)
+        image = buf[:-3].reshape(n, size, size, 3)
+        # road: one of the `period` pre-drawn scrolled views (RoadGeometry.strip_offset)
+        c = ops.to_int(xp.floor(self.y * g.sy)) + D._round(g.ego_row)
+        ops.take_rows(self._road_views, (-c) % g.period, out=image)
         # stop line: a band across the road
         rel = self.stop_line_y - self.y
         top = rnd(g.ego_row - (rel + D.STOP_LINE_WIDTH / 2) * g.sy)
         bottom = rnd(g.ego_row - (rel - D.STOP_LINE_WIDTH / 2) * g.sy)
         c0, c1 = g.road_cols
-        seen = (bottom > 0) & (top < size)
-        if seen.any():
-            w = seen.nonzero().flatten()
-            self._paint(buf, w, top[w], bottom[w], torch.full_like(w, c0), torch.full_like(w, c1),
-                        self._line_h, c1 - c0, torch.tensor(4))
-        # cars: the other cars in view and the ego car (fixed rows; columns from x) in one go,
-        # then all windscreens (the ego's shifted sideways by its heading)
+        (w,) = ops.nonzero((bottom > 0) & (top < size))
+        if w.shape[0]:
+            self._paint(buf, w, top[w], bottom[w], xp.full_like(w, c0), xp.full_like(w, c1),
+                        self._line_h, c1 - c0, D.LABELS.index("stop_line"))
+        # cars in the order DrivingEnv draws them: the other cars in view (bodies, then windscreens:
+        # they never overlap each other), then the ego car on top (its windscreen shifted sideways
+        # by its heading)
         rel = self.npc_y - self.y[:, None]
-        w, k = ((rel < g.ahead) & (rel > -g.behind) & (self.npc_x > 0)).nonzero(as_tuple=True)
-        world = torch.cat([w, self._world])
-        rel = torch.cat([rel[w, k], torch.zeros_like(self.y)])
-        x = torch.cat([self.npc_x[w, k], self.x])
-        top = rnd(g.ego_row - (rel + D.CAR_LENGTH / 2) * g.sy)
-        bottom = rnd(g.ego_row - (rel - D.CAR_LENGTH / 2) * g.sy)
-        left = rnd((x - D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
-        right = rnd((x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
-        body = torch.cat([torch.full_like(w, 5), torch.full_like(self._world, 7)])
-        self._paint(buf, world, top, bottom, left, right, self._car_h, self._car_w, body)
-        shift = torch.cat([torch.zeros_like(w), rnd(torch.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx).clamp(-1, 1)])
-        self._paint(buf, world, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift,
-                    g.window_len, self._car_w, body + 1)
+        w, k = ops.nonzero((rel < g.ahead) & (rel > -g.behind) & (self.npc_x > 0))
+        cars = [(w, rel[w, k], self.npc_x[w, k], 0 * w, "car"),
+                (self._world, 0 * self.y, self.x,
+                 xp.clip(rnd(xp.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx), -1, 1), "ego")]
+        for world, rel, x, shift, name in cars:
+            top = rnd(g.ego_row - (rel + D.CAR_LENGTH / 2) * g.sy)
+            bottom = rnd(g.ego_row - (rel - D.CAR_LENGTH / 2) * g.sy)
+            left = rnd((x - D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
+            right = rnd((x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
+            self._paint(buf, world, top, bottom, left, right, self._car_h, self._car_w, D.LABELS.index(name))
+            self._paint(buf, world, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift,
+                        g.window_len, self._car_w, D.LABELS.index(name + "_window"))
         return image
 
     def _observation(self):
         if self.render_images:
             image = self._render()
         else:
-            image = torch.zeros(self.num_envs, self.image_size, self.image_size, 3, dtype=torch.uint8,
-                                device=self.device)
-        instructions = tuple(D.INSTRUCTIONS[t] for t in self.task.tolist())
-        return {"image": image, "instruction": instructions, "state": self._state()}
+            image = self.ops.xp.zeros((self.num_envs, self.image_size, self.image_size, 3),
+                                      dtype=self.ops.uint8, device=self.ops.device)
+        return {"image": image, "instruction": self._instructions(), "state": self._state()}
+
+    def _instructions(self) -> tuple:
+        return tuple(D.INSTRUCTIONS[t] for t in self.ops.to_numpy(self.task).tolist())
 
     def _info(self, collision, success, terms):
+        xp, f32 = self.ops.xp, self.ops.float32
         return {
-            "success": success.clone(),
-            "collision": collision.clone(),
-            "lane_offset": self._lane_offset().float(),
-            "progress": self.progress.float(),
-            "reward_terms": {k: v.float() for k, v in terms.items()},
-            "instruction": tuple(D.INSTRUCTIONS[t] for t in self.task.tolist()),
+            "success": self.ops.copy(success),
+            "collision": self.ops.copy(collision),
+            "lane_offset": xp.asarray(self._lane_off, dtype=f32),
+            "progress": xp.asarray(self.progress, dtype=f32),
+            "reward_terms": {k: xp.asarray(v, dtype=f32) for k, v in terms.items()},
+            "instruction": self._instructions(),
         }
 
     def _out(self, value):
-        """Tensors -> numpy arrays when ``return_tensors="numpy"`` (recursively through dicts)."""
-        if self.return_tensors == "torch":
-            return value
+        """Arrays -> what ``return_tensors`` asks for (recursively through dicts)."""
         if isinstance(value, dict):
             return {k: self._out(v) for k, v in value.items()}
-        if isinstance(value, torch.Tensor):
-            return value.cpu().numpy()
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            return self.ops.to_numpy(value) if self.return_tensors == "numpy" else self.ops.to_torch(value)
         return value
 
     def privileged_state(self, i: int) -> dict:
         """World ``i``'s full state as :meth:`DrivingEnv.privileged_state` gives it (for experts)."""
-        f = lambda t: t[i].item()  # noqa: E731
+        f = lambda t: float(t[i])  # noqa: E731
+        arr = lambda t: np.array(self.ops.to_numpy(t[i]), dtype=np.float64)  # noqa: E731  (a copy)
         return {
             "x": f(self.x), "y": f(self.y), "v": f(self.v), "heading": f(self.heading),
             "task": int(self.task[i]), "start_lane": int(self.start_lane[i]), "num_lanes": self.num_lanes,
-            "npc_x": self.npc_x[i].cpu().numpy().astype(np.float64),
-            "npc_y": self.npc_y[i].cpu().numpy().astype(np.float64),
-            "npc_v": self.npc_v[i].cpu().numpy().astype(np.float64),
+            "npc_x": arr(self.npc_x), "npc_y": arr(self.npc_y), "npc_v": arr(self.npc_v),
             "stop_line_y": f(self.stop_line_y), "passed": bool(self.passed[i]), "failed": bool(self.failed[i]),
             "steps": int(self.steps[i]), "progress": f(self.progress),
         }
