@@ -675,6 +675,7 @@ IQL/CQL, mixed -> TD3+BC, diverse -> DT). The explorer below shows the numbers b
 from vla_rl_lib.data import available_datasets, format_summary, load_dataset, summarize_dataset
 from widgets import DatasetExplorer
 from widgets.dataset_explorer import summary_figure
+from IPython.display import Image
 """),
     params(PARAM_HEAD.format(name="01_datasets") + """
 datasets = "pendulum-medium-v0,driving-expert-v1"   # comma-separated names or paths (hopper-medium-v0 too, where shipped)
@@ -694,9 +695,9 @@ for name in [d.strip() for d in datasets.split(",") if d.strip()]:
     s = summarize_dataset(data)
     summaries[name] = s
     print(format_summary(s), end="\\n\\n")
-    fig = summary_figure(s)
-    fig.savefig(out / f"{Path(name).stem}.png", dpi=90)
-    display(fig)
+    png = out / f"{Path(name).stem}.png"
+    summary_figure(s).savefig(png, dpi=90)
+    display(Image(filename=str(png)))
     if "images" in data:
         # replay the first episode's camera images as a video
         from vla_rl_lib.video import write_video
