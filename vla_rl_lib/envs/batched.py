@@ -8,17 +8,17 @@ the same :func:`~vla_rl_lib.envs.driving.sample_scenario`, from one numpy Genera
 ``DrivingEnv`` given the same seed and actions produce the same episodes (up to float rounding).
 
 One implementation, two array libraries. The code below is written once against ``xp``, which is
-either ``numpy`` or ``torch``: both spell ``xp.where``, ``xp.clip``, ``xp.floor``, ``xp.stack``,
+either ``numpy`` or ``torch``: both spell ``xp.where``, ``xp.floor``, ``xp.sin``, ``xp.stack``,
 ``xp.zeros(..., dtype=, device=)``, indexing and arithmetic the same way. The handful of calls they
-spell differently (copying, turning floats into integers, ...) live in :class:`_NumpyOps` and
+spell differently (copying, clipping, turning floats into integers, ...) live in :class:`_NumpyOps` and
 :class:`_TorchOps`. Why numpy on a CPU: a step is a few hundred operations on arrays of ~64
 numbers, and numpy does each in about a microsecond where torch's dispatcher needs several; on a
 GPU torch runs the same code (``device="cuda"``), and ``backend="torch"`` forces torch on a CPU.
 
 Rendering is batched too: the road comes from one of ``period`` pre-drawn scrolled views, and every
-rectangle (stop line, car bodies, windscreens) is a small patch of byte addresses into one flat
-buffer holding all images, written with one indexed assignment per colour; addresses that fall
-outside a rectangle or the image go to a spare pixel after the last image.
+rectangle (stop line, car bodies, windscreens) is cut into one span of pixels per image row; one
+indexed assignment per colour copies all spans of all worlds (numpy through a strided view of the
+image buffer whose rows are spans, torch through byte addresses).
 
 ``return_tensors="numpy"`` (default, as gymnasium vector envs do) or ``"torch"`` (tensors on
 ``device``; best on a GPU) chooses what ``step`` returns.
@@ -62,12 +62,24 @@ class _NumpyOps:
         return a.astype(np.int64)
 
     @staticmethod
+    def clip(a, low, high):  # np.clip checks its bounds in Python first: slower on small arrays
+        return np.minimum(np.maximum(a, low), high)
+
+    @staticmethod
     def nonzero(mask):
         return np.nonzero(mask)
 
     @staticmethod
     def take_rows(src, index, out):
         np.take(src, index, axis=0, out=out)
+
+    @staticmethod
+    def write_spans(buf, starts, span):
+        """``buf[3*s : 3*s + len(span)] = span`` for every ``s`` in ``starts``: a strided view of
+        ``buf`` whose row ``s`` is those bytes lets one indexed assignment copy whole spans."""
+        count = (buf.shape[0] - span.shape[0]) // 3 + 1  # spans that fit: no view past the end
+        rows = np.lib.stride_tricks.as_strided(buf, (count, span.shape[0]), (3, 1))
+        rows[starts] = span
 
     @staticmethod
     def to_numpy(a):
@@ -96,12 +108,21 @@ class _TorchOps:
         return a.long()
 
     @staticmethod
+    def clip(a, low, high):
+        return torch.clamp(a, low, high)
+
+    @staticmethod
     def nonzero(mask):
         return torch.nonzero(mask, as_tuple=True)
 
     @staticmethod
     def take_rows(src, index, out):
         torch.index_select(src, 0, index, out=out)
+
+    @staticmethod
+    def write_spans(buf, starts, span):
+        """``buf[3*s : 3*s + len(span)] = span`` for every ``s`` in ``starts`` (byte addresses)."""
+        buf[starts[:, None] * 3 + torch.arange(span.shape[0], device=buf.device)] = span
 
     @staticmethod
     def to_numpy(a):
@@ -198,14 +219,8 @@ class BatchedDrivingEnv(VectorEnv):
         g = self._geom = D.RoadGeometry(self.num_lanes, self.image_size)
         self._palette = xp.asarray(D.PALETTE, device=ops.device)
         self._arange_h = xp.arange(g.size, device=ops.device)
-        self._rgb = xp.arange(3, device=ops.device)
-        self._spare = n * g.size * g.size  # index of the spare pixel that takes clipped paint
         views = [D.PALETTE[g.strip[o:o + g.size]] for o in range(g.period)]
         self._road_views = xp.asarray(np.stack(views), device=ops.device)  # (period, H, W, 3): every scroll
-        self._colour_cache = {}
-        self._car_h = int(np.ceil(D.CAR_LENGTH * g.sy)) + 1  # patch sizes that hold any rounding
-        self._car_w = int(np.ceil(D.CAR_WIDTH * g.sx)) + 1
-        self._line_h = int(np.ceil(D.STOP_LINE_WIDTH * g.sy)) + 1
 
     # ---- curriculum --------------------------------------------------------------------------
     def set_difficulty(self, difficulty: str) -> None:
@@ -275,7 +290,7 @@ class BatchedDrivingEnv(VectorEnv):
                 f"batched driving actions must have shape ({self.num_envs}, 2) = (steering, acceleration) "
                 f"per env, got {tuple(a.shape)}"
             )
-        a = xp.clip(a, -1.0, 1.0)
+        a = ops.clip(a, -1.0, 1.0)
         next_step = self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
         resetting = ops.copy(self._needs_reset) if next_step else self._needs_reset & False
         executed = a
@@ -285,12 +300,12 @@ class BatchedDrivingEnv(VectorEnv):
             for i, std in enumerate(ops.to_numpy(self.noise)):
                 if std > 0 and active[i]:
                     noise[i] = self._rngs[i].normal(0.0, std, 2)
-            executed = xp.clip(a + xp.asarray(noise, dtype=ops.float, device=ops.device), -1.0, 1.0)
+            executed = ops.clip(a + xp.asarray(noise, dtype=ops.float, device=ops.device), -1.0, 1.0)
 
         # 1. ego cars: kinematic bicycle, semi-implicit Euler (as DrivingEnv.step), in place
         steer, accel = executed[:, 0], executed[:, 1]
-        self.v[...] = xp.clip(self.v + accel * D.MAX_ACCEL * D.DT, 0.0, D.MAX_SPEED)
-        self.heading[...] = xp.clip(self.heading + self.v / D.WHEELBASE * xp.tan(steer * D.MAX_STEER) * D.DT,
+        self.v[...] = ops.clip(self.v + accel * D.MAX_ACCEL * D.DT, 0.0, D.MAX_SPEED)
+        self.heading[...] = ops.clip(self.heading + self.v / D.WHEELBASE * xp.tan(steer * D.MAX_STEER) * D.DT,
                                     -D.MAX_HEADING, D.MAX_HEADING)
         self.x += self.v * xp.sin(self.heading) * D.DT
         self.y += self.v * xp.cos(self.heading) * D.DT
@@ -347,7 +362,7 @@ class BatchedDrivingEnv(VectorEnv):
         self._lane_off = self.x - target_x
 
     def _current_lane(self):
-        return self.ops.xp.clip(self.ops.xp.floor(self.x / D.LANE_WIDTH), 0, self.num_lanes - 1)
+        return self.ops.clip(self.ops.xp.floor(self.x / D.LANE_WIDTH), 0, self.num_lanes - 1)
 
     def _collided(self):
         road = self.num_lanes * D.LANE_WIDTH
@@ -374,14 +389,14 @@ class BatchedDrivingEnv(VectorEnv):
         """Gaps (m, clipped to SENSE_RANGE) to the nearest cars ahead/behind in the lanes left of,
         at and right of the ego car, as (N, 3, 2) [lane, ahead/behind], and the speed of the car
         ahead in the ego lane (as DrivingEnv._gaps)."""
-        xp = self.ops.xp
+        xp, ops = self.ops.xp, self.ops
         lanes = self._current_lane()[:, None] + self._side  # (N, 3)
         rel = (self.npc_y - self.y[:, None])[:, None, None, :]  # (N, 1, 1, K)
         npc_lane = xp.floor(self.npc_x / D.LANE_WIDTH)[:, None, None, :]
         side = xp.where(self._ahead[None, None, :, None], rel >= 0, rel < 0)  # (N, 1, 2, K)
         mask = (npc_lane == lanes[:, :, None, None]) & side  # (N, 3, 2, K)
         d = xp.where(mask, abs(rel), float("inf"))
-        gap = xp.where(mask.any(-1), xp.clip(xp.amin(d, -1) - D.CAR_LENGTH, 0.0, D.SENSE_RANGE), D.SENSE_RANGE)
+        gap = xp.where(mask.any(-1), ops.clip(xp.amin(d, -1) - D.CAR_LENGTH, 0.0, D.SENSE_RANGE), D.SENSE_RANGE)
         valid = (lanes >= 0) & (lanes < self.num_lanes)
         gap = xp.where(valid[:, :, None], gap, 0.0)
         v_ahead = self.npc_v[self._world, xp.argmin(d[:, 1, 0], -1)]
@@ -398,52 +413,42 @@ class BatchedDrivingEnv(VectorEnv):
             self.heading,
             self.v,
             self.x - half_road,
-            xp.clip(self.stop_line_y - self.y - D.CAR_LENGTH / 2, -D.SENSE_RANGE, D.SENSE_RANGE),
+            ops.clip(self.stop_line_y - self.y - D.CAR_LENGTH / 2, -D.SENSE_RANGE, D.SENSE_RANGE),
             gap,
             closing,
             gaps[:, 0, 0], gaps[:, 0, 1], gaps[:, 2, 0], gaps[:, 2, 1],
-            xp.clip(self.npc_y[:, 0] - self.y, -D.SENSE_RANGE, D.SENSE_RANGE),
+            ops.clip(self.npc_y[:, 0] - self.y, -D.SENSE_RANGE, D.SENSE_RANGE),
             self._start_off,
         ], 1)
         return xp.asarray(xp.concatenate([raw * self._state_scale, self._one_hot[self.task]], 1), dtype=ops.float32)
 
-    def _paint(self, buf, world, top, bottom, left, right, h_max, w_max, label: int):
+    def _paint(self, image, world, top, bottom, left, right, label: int):
         """Fill rectangles [top, bottom) x [left, right) of image ``world`` with colour ``label``.
 
-        All arguments but the patch size and the label are 1-D integer arrays, one entry per
-        rectangle. ``buf`` is the flat uint8 byte buffer of all images (N*H*W*3 bytes plus one spare
-        pixel). Every rectangle is an ``h_max`` x ``w_max`` patch of byte addresses; addresses
-        outside the rectangle or the image go to the spare pixel. One indexed assignment paints all
-        rectangles of all worlds (overlapping rectangles of one call: either may win).
+        All arguments but ``image`` and the label are 1-D integer arrays, one entry per rectangle.
+        Clipped to the image, every row of a rectangle is a span of ``width`` pixels that starts at
+        pixel ``(world * H + row) * W + left`` of the flat buffer of all images; spans of one width
+        are copied by one ``write_spans`` (rectangles of one call may overlap: either may win).
         """
-        xp = self.ops.xp
-        size, spare = self.image_size, self._spare * 3
-        rows = top[:, None] + self._arange_h[:h_max]  # (M, h_max)
-        cols = left[:, None] + self._arange_h[:w_max]  # (M, w_max)
-        rok = (rows >= 0) & (rows < size) & (rows < bottom[:, None])
-        cok = (cols >= 0) & (cols < size) & (cols < right[:, None])
-        # byte address = row part + column part; a part outside the rectangle or image is `spare`,
-        # so that the sum is >= spare and the clip sends that pixel to the spare one
-        row_part = xp.where(rok, (world[:, None] * size + rows) * (size * 3), spare)
-        col_part = xp.where(cok, cols * 3, spare)
-        pixel = xp.clip(row_part[:, :, None] + col_part[:, None, :], 0, spare)  # (M, h_max, w_max)
-        addr = (pixel[..., None] + self._rgb).reshape(-1)  # every byte: (M * h_max * w_max * 3)
-        buf[addr] = self._colour_bytes(label, addr.shape[0])
-
-    def _colour_bytes(self, label: int, count: int):
-        """``count`` bytes of the colour ``label`` repeated (RGBRGB...), from a growing cache."""
-        cached = self._colour_cache.get(label)
-        if cached is None or cached.shape[0] < count:
-            cached = self.ops.xp.tile(self._palette[label], (max(count, 3 * 4096) // 3 + 1,))
-            self._colour_cache[label] = cached
-        return cached[:count]
+        xp, ops, size = self.ops.xp, self.ops, self.image_size
+        top, bottom = ops.clip(top, 0, size), ops.clip(bottom, 0, size)
+        left, right = ops.clip(left, 0, size), ops.clip(right, 0, size)
+        width = right - left
+        if world.shape[0] == 0 or int((bottom - top).max()) <= 0 or int(width.max()) <= 0:
+            return
+        rows = top[:, None] + self._arange_h[:int((bottom - top).max())]  # (M, tallest)
+        inside = (rows < bottom[:, None]) & (width > 0)[:, None]
+        starts = (world[:, None] * size + rows) * size + left[:, None]
+        buf = image.reshape(-1)
+        for w in range(max(int(width[width > 0].min()), 1), int(width.max()) + 1):  # usually one width
+            chosen = inside & (width == w)[:, None]
+            ops.write_spans(buf, starts[chosen], xp.tile(self._palette[label], (w,)))
 
     def _render(self):
         xp, ops = self.ops.xp, self.ops
         g, n, size = self._geom, self.num_envs, self.image_size
         rnd = lambda v: ops.to_int(xp.floor(v + 0.5))  # noqa: E731  (round half up, as DrivingEnv)
-        buf = xp.empty((n * size * size + 1) * 3, dtype=ops.uint8, device=ops.device)
-        image = buf[:-3].reshape(n, size, size, 3)
+        image = xp.empty((n, size, size, 3), dtype=ops.uint8, device=ops.device)
         # road: one of the `period` pre-drawn scrolled views (RoadGeometry.strip_offset)
         c = ops.to_int(xp.floor(self.y * g.sy)) + D._round(g.ego_row)
         ops.take_rows(self._road_views, (-c) % g.period, out=image)
@@ -453,9 +458,7 @@ class BatchedDrivingEnv(VectorEnv):
         bottom = rnd(g.ego_row - (rel - D.STOP_LINE_WIDTH / 2) * g.sy)
         c0, c1 = g.road_cols
         (w,) = ops.nonzero((bottom > 0) & (top < size))
-        if w.shape[0]:
-            self._paint(buf, w, top[w], bottom[w], xp.full_like(w, c0), xp.full_like(w, c1),
-                        self._line_h, c1 - c0, D.LABELS.index("stop_line"))
+        self._paint(image, w, top[w], bottom[w], xp.full_like(w, c0), xp.full_like(w, c1), D.LABELS.index("stop_line"))
         # cars in the order DrivingEnv draws them: the other cars in view (bodies, then windscreens:
         # they never overlap each other), then the ego car on top (its windscreen shifted sideways
         # by its heading)
@@ -463,15 +466,15 @@ class BatchedDrivingEnv(VectorEnv):
         w, k = ops.nonzero((rel < g.ahead) & (rel > -g.behind) & (self.npc_x > 0))
         cars = [(w, rel[w, k], self.npc_x[w, k], 0 * w, "car"),
                 (self._world, 0 * self.y, self.x,
-                 xp.clip(rnd(xp.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx), -1, 1), "ego")]
+                 ops.clip(rnd(xp.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx), -1, 1), "ego")]
         for world, rel, x, shift, name in cars:
             top = rnd(g.ego_row - (rel + D.CAR_LENGTH / 2) * g.sy)
             bottom = rnd(g.ego_row - (rel - D.CAR_LENGTH / 2) * g.sy)
             left = rnd((x - D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
             right = rnd((x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
-            self._paint(buf, world, top, bottom, left, right, self._car_h, self._car_w, D.LABELS.index(name))
-            self._paint(buf, world, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift,
-                        g.window_len, self._car_w, D.LABELS.index(name + "_window"))
+            self._paint(image, world, top, bottom, left, right, D.LABELS.index(name))
+            self._paint(image, world, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift,
+                        D.LABELS.index(name + "_window"))
         return image
 
     def _observation(self):
