@@ -111,8 +111,8 @@ def main() -> None:
 
     def on_step(_algo, _epoch, total_step):
         if total_step == 1:
-            marks["first"] = time.perf_counter()
-        marks["last"] = time.perf_counter()
+            marks["first"], marks["cpu_first"] = time.perf_counter(), time.process_time()
+        marks["last"], marks["cpu_last"] = time.perf_counter(), time.process_time()
 
     start = time.perf_counter()
     algo.fit(dataset, n_steps=spec["steps"], n_steps_per_epoch=spec["steps"], logger_adapter=NoopAdapterFactory(),
@@ -120,7 +120,9 @@ def main() -> None:
     total = time.perf_counter() - start
     timed = max(marks["last"] - marks["first"], 1e-9)
     returns = evaluate(algo, spec) if spec["eval_episodes"] > 0 else []
-    print(json.dumps({"fit_seconds": total, "steps_per_second": (spec["steps"] - 1) / timed, "returns": returns,
+    cpu = max(marks["cpu_last"] - marks["cpu_first"], 1e-9)
+    print(json.dumps({"fit_seconds": total, "steps_per_second": (spec["steps"] - 1) / timed,
+                      "cpu_steps_per_second": (spec["steps"] - 1) / cpu, "returns": returns,
                       "d3rlpy": d3rlpy.__version__, "torch": torch.__version__}))
 
 

@@ -89,16 +89,16 @@ class StepClock:
     """Callback: the time at the end of the first and of the last gradient step."""
 
     def __init__(self):
-        self.first = self.last = None
+        self.first = self.last = self.cpu_first = self.cpu_last = None
 
     def on_train_start(self, trainer):
         return None
 
     def on_step(self, trainer):
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self.first is None:
-            self.first = now
-        self.last = now
+            self.first, self.cpu_first = now, cpu
+        self.last, self.cpu_last = now, cpu
         return None
 
     def on_log(self, trainer, metrics):
@@ -118,11 +118,12 @@ def run_kit(method, data, obs_dim, act_dim, env_id, args, seed, workdir) -> dict
     clock = StepClock()
     trainer.train(buffer, callbacks=[clock])
     sps = (args.steps - 1) / max(clock.last - clock.first, 1e-9)
+    cpu_sps = (args.steps - 1) / max(clock.cpu_last - clock.cpu_first, 1e-9)
     returns = []
     if args.eval_episodes:
         res = trainer.evaluate(num_episodes=args.eval_episodes, env=env_id, seed=10_000)
         returns = [res["mean_reward"]]
-    out = {"steps_per_second": sps, "mean_return": float(np.mean(returns)) if returns else None}
+    out = {"steps_per_second": sps, "cpu_steps_per_second": cpu_sps, "mean_return": float(np.mean(returns)) if returns else None}
     if method == "dt":
         out["target_return"] = float(trainer.policy.target_return)
     return out
@@ -261,9 +262,10 @@ def run_raw(method, data, obs_dim, act_dim, args, workdir) -> dict:
     gen = torch.Generator().manual_seed(0)
     steps = args.raw_steps or args.steps
     RAW[method](trainer, trainer.buffer, 1, gen)  # warm-up step, as the others' clocks start after step 1
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     RAW[method](trainer, trainer.buffer, steps - 1, gen)
-    return {"steps_per_second": (steps - 1) / (time.perf_counter() - start), "steps": steps}
+    return {"steps_per_second": (steps - 1) / (time.perf_counter() - start),
+            "cpu_steps_per_second": (steps - 1) / max(time.process_time() - cpu, 1e-9), "steps": steps}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ def run_d3rlpy(method, npz, env_id, args, seed, target_return) -> dict:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"d3rlpy {method} seed {seed} failed:\n{proc.stderr[-3000:]}")
     res = json.loads(lines[-1])
-    return {"steps_per_second": res["steps_per_second"],
+    return {"steps_per_second": res["steps_per_second"], "cpu_steps_per_second": res.get("cpu_steps_per_second"),
             "mean_return": float(np.mean(res["returns"])) if res["returns"] else None, "version": res["d3rlpy"]}
 
 
@@ -357,22 +359,38 @@ def main(argv=None) -> int:
                 print(f"  {method} raw loop     : {entry['raw']}", flush=True)
 
     corl = name == "hopper-medium-v2"
-    head = "| method | kit score | d3rlpy score |" + (" CORL last |" if corl else "") + \
-           " kit steps/s | d3rlpy steps/s | raw steps/s | kit / d3rlpy | kit / raw |"
+    head = ("| method | kit score | d3rlpy score |" + (" CORL last |" if corl else "")
+            + " kit steps/s | d3rlpy steps/s | raw steps/s | kit / d3rlpy | kit / raw |"
+            + " kit CPU steps/s | d3rlpy CPU steps/s | raw CPU steps/s | CPU kit / d3rlpy | CPU kit / raw |")
     print("\n" + head)
     print("|" + "---|" * (head.count("|") - 1))
+
+    def mean_of(runs, key):
+        vals = [r[key] for r in runs if r.get(key)]
+        return float(np.mean(vals)) if vals else None
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.1f}"
+
+    def ratio(a, b, pct=False):
+        if a is None or b is None:
+            return "n/a"
+        return f"{100 * a / b:.0f}%" if pct else f"{a / b:.2f}x"
+
     for method, entry in results["methods"].items():
         ks, kd, unit = score_stats(name, entry["kit"])
         ds, dd, _ = score_stats(name, entry["d3rlpy"])
-        ksps = float(np.mean([r["steps_per_second"] for r in entry["kit"]]))
-        dsps = float(np.mean([r["steps_per_second"] for r in entry["d3rlpy"]])) if entry["d3rlpy"] else None
-        rsps = entry["raw"]["steps_per_second"] if entry["raw"] else None
+        raw = [entry["raw"]] if entry["raw"] else []
+        k, d, r = (mean_of(entry["kit"], "steps_per_second"), mean_of(entry["d3rlpy"], "steps_per_second"),
+                   mean_of(raw, "steps_per_second"))
+        kc, dc, rc = (mean_of(entry["kit"], "cpu_steps_per_second"), mean_of(entry["d3rlpy"], "cpu_steps_per_second"),
+                      mean_of(raw, "cpu_steps_per_second"))
         entry["summary"] = dict(kit_score=ks, kit_score_std=kd, d3rlpy_score=ds, d3rlpy_score_std=dd, unit=unit,
-                                kit_sps=ksps, d3rlpy_sps=dsps, raw_sps=rsps)
+                                kit_sps=k, d3rlpy_sps=d, raw_sps=r, kit_cpu_sps=kc, d3rlpy_cpu_sps=dc, raw_cpu_sps=rc)
         row = f"| {LABELS[method]} | {fmt(ks, kd)} | {fmt(ds, dd)} |" + (f" {CORL_LAST[method]:.2f} |" if corl else "")
-        row += f" {ksps:.1f} | " + (f"{dsps:.1f}" if dsps else "n/a") + " | " + (f"{rsps:.1f}" if rsps else "n/a")
-        row += " | " + (f"{ksps / dsps:.2f}x" if dsps else "n/a") + " | " + (f"{100 * ksps / rsps:.0f}%" if rsps else "n/a")
-        print(row + " |")
+        row += f" {num(k)} | {num(d)} | {num(r)} | {ratio(k, d)} | {ratio(k, r, True)} |"
+        row += f" {num(kc)} | {num(dc)} | {num(rc)} | {ratio(kc, dc)} | {ratio(kc, rc, True)} |"
+        print(row)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
     return 0
