@@ -336,11 +336,12 @@ def test_same_seed_same_run_and_resume_continues_it(tmp_path):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ppo_solves_cartpole(tmp_path):
-    """rl-zoo's tuned hyperparameters; seed 0 reached an evaluation mean of 500 at ~30k steps when
-    measured (3 of 3 seeds solved by 50k). Evaluations every 10k steps stop training once the mean
-    reaches 475; the budget of 100k steps leaves room for slower seeds."""
-    cfg = RLConfig(**ZOO_CARTPOLE, total_timesteps=100_000, eval_freq=10_000, eval_episodes=10, log_freq=5000,
-                   save_freq=0, seed=0, device="cpu", output_dir=str(tmp_path / "run"))
+    """rl-zoo's tuned hyperparameters. Measured with benchmarks/online.py (seeds 0-4, evaluation every
+    10,240 steps): every seed reached an evaluation mean of 500 by 41k steps; seed 1 at 20,480, so the
+    test uses seed 1 to keep CI short. Evaluations every 10,240 steps stop training once the mean
+    reaches 475; the budget of 100k steps leaves room for a different trajectory on another machine."""
+    cfg = RLConfig(**ZOO_CARTPOLE, total_timesteps=100_000, eval_freq=10_240, eval_episodes=10, log_freq=5000,
+                   save_freq=0, seed=1, device="cpu", output_dir=str(tmp_path / "run"))
     stop = StopOnReward(475)
     trainer = PPOTrainer(config=cfg).train(callbacks=[stop])
     result = trainer.evaluate(num_episodes=10)
