@@ -78,7 +78,7 @@ class _NumpyOps:
         """``buf[3*s : 3*s + len(span)] = span`` for every ``s`` in ``starts``: a strided view of
         ``buf`` whose row ``s`` is those bytes lets one indexed assignment copy whole spans."""
         count = (buf.shape[0] - span.shape[0]) // 3 + 1  # spans that fit: no view past the end
-        rows = np.lib.stride_tricks.as_strided(buf, (count, span.shape[0]), (3, 1))
+        rows = np.ndarray((count, span.shape[0]), np.uint8, buffer=buf, strides=(3, 1))
         rows[starts] = span
 
     @staticmethod
@@ -219,6 +219,7 @@ class BatchedDrivingEnv(VectorEnv):
         g = self._geom = D.RoadGeometry(self.num_lanes, self.image_size)
         self._palette = xp.asarray(D.PALETTE, device=ops.device)
         self._arange_h = xp.arange(g.size, device=ops.device)
+        self._spans = {}  # (label, width) -> bytes of a span of that colour (see _span)
         views = [D.PALETTE[g.strip[o:o + g.size]] for o in range(g.period)]
         self._road_views = xp.asarray(np.stack(views), device=ops.device)  # (period, H, W, 3): every scroll
 
@@ -430,19 +431,27 @@ class BatchedDrivingEnv(VectorEnv):
         pixel ``(world * H + row) * W + left`` of the flat buffer of all images; spans of one width
         are copied by one ``write_spans`` (rectangles of one call may overlap: either may win).
         """
-        xp, ops, size = self.ops.xp, self.ops, self.image_size
+        ops, size = self.ops, self.image_size
         top, bottom = ops.clip(top, 0, size), ops.clip(bottom, 0, size)
         left, right = ops.clip(left, 0, size), ops.clip(right, 0, size)
-        width = right - left
-        if world.shape[0] == 0 or int((bottom - top).max()) <= 0 or int(width.max()) <= 0:
+        height, width = bottom - top, right - left
+        if world.shape[0] == 0 or int(height.max()) <= 0 or int(width.max()) <= 0:
             return
-        rows = top[:, None] + self._arange_h[:int((bottom - top).max())]  # (M, tallest)
-        inside = (rows < bottom[:, None]) & (width > 0)[:, None]
-        starts = (world[:, None] * size + rows) * size + left[:, None]
+        rows = top[:, None] + self._arange_h[:int(height.max())]  # (M, tallest)
+        inside = rows < bottom[:, None]
+        starts = (world[:, None] * size + rows) * size + left[:, None]  # first pixel of each span
         buf = image.reshape(-1)
-        for w in range(max(int(width[width > 0].min()), 1), int(width.max()) + 1):  # usually one width
-            chosen = inside & (width == w)[:, None]
-            ops.write_spans(buf, starts[chosen], xp.tile(self._palette[label], (w,)))
+        narrowest, widest = int(width.min()), int(width.max())
+        for w in range(max(narrowest, 1), widest + 1):  # usually all rectangles have one width
+            chosen = inside if narrowest == widest else inside & (width == w)[:, None]
+            ops.write_spans(buf, starts[chosen], self._span(label, w))
+
+    def _span(self, label: int, width: int):
+        """The bytes of ``width`` pixels of colour ``label`` (RGBRGB...), cached."""
+        key = (label, width)
+        if key not in self._spans:
+            self._spans[key] = self.ops.xp.tile(self._palette[label], (width,))
+        return self._spans[key]
 
     def _render(self):
         xp, ops = self.ops.xp, self.ops
@@ -486,7 +495,7 @@ class BatchedDrivingEnv(VectorEnv):
         return {"image": image, "instruction": self._instructions(), "state": self._state()}
 
     def _instructions(self) -> tuple:
-        return tuple(D.INSTRUCTIONS[t] for t in self.ops.to_numpy(self.task).tolist())
+        return tuple(map(D.INSTRUCTIONS.__getitem__, self.ops.to_numpy(self.task).tolist()))
 
     def _info(self, collision, success, terms):
         xp, f32 = self.ops.xp, self.ops.float32
