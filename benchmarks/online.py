@@ -10,6 +10,8 @@ Parts (``--parts``, comma separated):
   training wall-clock to 500 (evaluation time excluded for both, reported separately) and steps.
   SB3 runs through ``benchmarks/sb3_runner.py`` with the python of ``--sb3-python``
   (a separate virtual environment: ``/work/venv-sb3``). Seeds are interleaved kit/SB3.
+* ``checkpoints``: the same two PPOs evaluated at fixed steps (every ``--eval-freq`` up to
+  ``--max-steps``) without stopping, to compare learning per step across many seeds.
 * ``grpo``: GRPO and PPO on CartPole-v1 at equal environment steps (``--grpo-steps``): evaluation
   curves of both.
 * ``mujoco``: PPO learning curves on HalfCheetah-v5 and Hopper-v5 at ``--mujoco-steps`` with
@@ -72,7 +74,7 @@ class _Timed:
         return Record()
 
 
-def kit_ppo_cartpole(seed: int, max_steps: int, eval_freq: int, threshold: float = 500.0) -> dict:
+def kit_ppo_cartpole(seed: int, max_steps: int, eval_freq: int, threshold: float | None = 500.0) -> dict:
     from vla_rl_lib import PPOTrainer, RLConfig
 
     out = tempfile.mkdtemp(prefix="kit_ppo_")
@@ -87,9 +89,9 @@ def kit_ppo_cartpole(seed: int, max_steps: int, eval_freq: int, threshold: float
             "eval_seconds": timed.seconds, "steps": trainer.global_step, "curve": timed.curve}
 
 
-def sb3_ppo_cartpole(python: str, seed: int, max_steps: int, eval_freq: int) -> dict:
+def sb3_ppo_cartpole(python: str, seed: int, max_steps: int, eval_freq: int, threshold: float = 500.0) -> dict:
     cmd = [python, str(HERE / "sb3_runner.py"), "--seed", str(seed), "--max-steps", str(max_steps),
-           "--eval-freq", str(eval_freq)]
+           "--eval-freq", str(eval_freq), "--threshold", str(threshold)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"SB3 runner failed: {done.stderr[-2000:]}")
@@ -117,6 +119,23 @@ def part_cartpole(args) -> dict:
     summary["time_ratio_kit_over_sb3"] = (k / s) if (k and s) else None
     print("PPO CartPole-v1, kit vs SB3:", json.dumps(summary, indent=1), flush=True)
     return {"runs": rows, "summary": summary}
+
+
+def part_checkpoints(args) -> dict:
+    """Evaluation means of kit and SB3 PPO at fixed steps (every --eval-freq up to --max-steps), no early stop."""
+    rows = []
+    for seed in args.seeds:
+        kit = kit_ppo_cartpole(seed, args.max_steps, args.eval_freq, threshold=None)
+        sb3 = sb3_ppo_cartpole(args.sb3_python, seed, args.max_steps, args.eval_freq, threshold=1e9)
+        rows += [kit, sb3]
+        print(f"  seed {seed}: kit {kit['curve']}  sb3 {sb3['curve']}", flush=True)
+    for lib in ("kit", "sb3"):
+        curves = [r["curve"] for r in rows if r["library"] == lib]
+        for i in range(min(len(c) for c in curves)):
+            vals = [c[i][1] for c in curves]
+            print(f"  {lib} at ~{curves[0][i][0]} steps: median {np.median(vals):.0f}, "
+                  f"at 500: {sum(v >= 500 for v in vals)}/{len(vals)}", flush=True)
+    return {"runs": rows}
 
 
 def part_grpo(args) -> dict:
@@ -200,7 +219,8 @@ def main() -> None:
     results = {}
     for part in args.parts.split(","):
         print(f"== {part} ==", flush=True)
-        results[part] = {"cartpole": part_cartpole, "grpo": part_grpo, "mujoco": part_mujoco}[part](args)
+        results[part] = {"cartpole": part_cartpole, "checkpoints": part_checkpoints, "grpo": part_grpo,
+                         "mujoco": part_mujoco}[part](args)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"finished {time.strftime('%H:%M:%S')}", flush=True)
