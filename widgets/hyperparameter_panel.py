@@ -11,7 +11,6 @@ Run builds the trainer (loading the dataset for offline methods), trains it with
 """
 from __future__ import annotations
 
-import dataclasses
 import html
 import math
 import time
