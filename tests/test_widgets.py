@@ -241,3 +241,17 @@ def test_live_plot_waits_longer_when_drawing_is_slow():
     for step in range(5):
         plot.on_log(t, {"step": step, "mean_reward": step})
     assert plot.redraws == 1
+
+
+@pytest.mark.slow
+def test_panel_runs_an_online_method(tmp_path):
+    from widgets import HyperparameterPanel
+
+    panel = HyperparameterPanel("ppo", env="CartPole-v1", output_dir=str(tmp_path), eval_episodes=1)
+    panel.set(total_timesteps=512, rollout_steps=64, num_envs=2, log_freq=128, eval_freq=0, save_freq=0)
+    panel.run_button.click()
+    assert panel.error is None, panel.error
+    assert panel.trainer.global_step >= 512
+    assert panel.result["mean_reward"] >= 1.0  # a CartPole episode lasts at least one step
+    assert "value_loss" in panel.live_plot.metric_keys()
+    assert is_png(panel.live_plot.widget.value)
