@@ -64,11 +64,19 @@ def main(argv=None) -> dict:
     p.add_argument("--ppo_steps", type=int, default=61440)
     p.add_argument("--ppo_lr", type=float, default=3e-4)
     p.add_argument("--grpo_iterations", type=int, default=15)
+    p.add_argument("--grpo_groups", type=int, default=8, help="GRPO groups (of 8 rollouts) per iteration")
+    p.add_argument("--grpo_epochs", type=int, default=2)
+    p.add_argument("--grpo_lr", type=float, default=None, help="default: ppo_lr")
+    p.add_argument("--grpo_kl", type=float, default=0.02)
+    p.add_argument("--grpo_objectives", default=None,
+                   help="vector reward for GRPO, e.g. 'safety=1,success=1,progress=0.5' (default: the scalar reward)")
     p.add_argument("--o2o_steps", type=int, default=None, help="PPO steps after IQL (default: ppo_steps)")
     p.add_argument("--episodes", type=int, default=40, help="held-out episodes per instruction")
     p.add_argument("--log_std", type=float, default=-1.0, help="exploration log std for RL fine-tuning")
     p.add_argument("--methods", default="iql,ppo,grpo,iql_ppo")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model_path", default=None,
+                   help="reuse a saved stage-2 model (e.g. OUTPUT_DIR/stage2_action_head/best) instead of training one")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     args = p.parse_args(argv)
     if args.quick:
@@ -102,10 +110,16 @@ def main(argv=None) -> dict:
                              eval_freq=0, eval_episodes=0, save_freq=0, log_freq=100, seed=args.seed,
                              output_dir=str(out / "stage2_action_head"))
     t = time.time()
-    bc = BCTrainer(STATE_DIM, 2, bc_cfg, model=model_cfg)
-    bc.train(buffer)
-    model_path = bc.best_model_path
-    score("BC (stage 2)", bc.policy, time.time() - t)
+    if args.model_path:
+        from vla_rl_lib.vla.policy import load_policy
+
+        model_path = Path(args.model_path)
+        score("BC (stage 2)", load_policy(model_path), float("nan"))
+    else:
+        bc = BCTrainer(STATE_DIM, 2, bc_cfg, model=model_cfg)
+        bc.train(buffer)
+        model_path = bc.best_model_path
+        score("BC (stage 2)", bc.policy, time.time() - t)
 
     # ---- stage 3 ----------------------------------------------------------------------------
     iql = None
@@ -138,9 +152,13 @@ def main(argv=None) -> dict:
 
     if "grpo" in methods:
         t = time.time()
-        grpo_cfg = RLConfig(env="driving", group_size=8, num_groups=8, num_iterations=args.grpo_iterations,
-                            total_timesteps=10**9, batch_size=256, grpo_epochs=2, learning_rate=args.ppo_lr,
-                            kl_coef=0.02, eval_episodes=0, log_freq=1000, save_freq=0, seed=args.seed,
+        grpo_cfg = RLConfig(env="driving", group_size=8, num_groups=args.grpo_groups,
+                            num_iterations=args.grpo_iterations, total_timesteps=10**9, batch_size=256,
+                            grpo_epochs=args.grpo_epochs, learning_rate=args.grpo_lr or args.ppo_lr,
+                            kl_coef=args.grpo_kl, eval_episodes=0,
+                            objective_weights={k: float(v) for k, v in (kv.split("=") for kv in
+                                                                        args.grpo_objectives.split(","))}
+                            if args.grpo_objectives else None, log_freq=1000, save_freq=0, seed=args.seed,
                             output_dir=str(out / "stage3_grpo"))
         grpo = grpo_from_model(model_path, config=grpo_cfg)
         grpo.train()
