@@ -40,6 +40,7 @@ from vla_rl_lib.config import OfflineRLConfig
 from vla_rl_lib.data.buffer import OfflineReplayBuffer
 from vla_rl_lib.data.datasets import load_dataset, normalized_score
 from vla_rl_lib.nets import soft_update
+from vla_rl_lib.offline.iql import without_distribution_checks
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("iql", "cql", "td3_bc", "dt")
@@ -252,7 +253,9 @@ def raw_dt(t, buffer, steps, gen):
         t.scheduler.step()
 
 
-RAW = {"iql": raw_iql, "cql": raw_cql, "td3_bc": raw_td3_bc, "dt": raw_dt}
+# the raw loops skip torch.distributions' argument checks too (the kit's IQL/CQL updates do)
+RAW = {"iql": without_distribution_checks(raw_iql), "cql": without_distribution_checks(raw_cql),
+       "td3_bc": raw_td3_bc, "dt": raw_dt}
 
 
 def run_raw(method, data, obs_dim, act_dim, args, workdir) -> dict:

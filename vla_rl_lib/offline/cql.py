@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
 from vla_rl_lib.nets import Policy, QEnsemble, TanhGaussianPolicy, soft_update
-from vla_rl_lib.offline.iql import prepare_policy_for_buffer, q_loss
+from vla_rl_lib.offline.iql import prepare_policy_for_buffer, q_loss, without_distribution_checks
 from vla_rl_lib.trainer import OfflineTrainer
 from vla_rl_lib.errors import ConfigError
 
@@ -166,6 +166,7 @@ class CQLTrainer(OfflineTrainer):
         return obs
 
     # -- one gradient step ----------------------------------------------------------------------
+    @without_distribution_checks
     def update(self, batch: dict) -> dict:
         cfg, hpar = self.config, self.hparams
         n_samples, n_critics = hpar.cql_samples, self.qf.n

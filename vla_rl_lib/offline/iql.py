@@ -28,19 +28,21 @@ clip at 100. Critics and value see ``policy.normalize(obs)`` and actions rescale
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.distributions import Distribution
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
 from vla_rl_lib.nets import DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, soft_update
 from vla_rl_lib.trainer import OfflineTrainer
 
 __all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "advantage_weights", "awr_policy_loss",
-           "dataset_obs_statistics", "prepare_policy_for_buffer"]
+           "dataset_obs_statistics", "prepare_policy_for_buffer", "without_distribution_checks"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,6 +98,22 @@ def dataset_obs_statistics(buffer, eps: float = 1e-3) -> tuple[np.ndarray, np.nd
         return np.asarray(buffer.obs_mean, np.float32), np.asarray(buffer.obs_std, np.float32)
     obs = buffer.get(torch.arange(len(buffer)))["observations"].double()
     return obs.mean(0).float().cpu().numpy(), (obs.std(0, unbiased=False) + eps).float().cpu().numpy()
+
+
+def without_distribution_checks(fn):
+    """Run ``fn`` with ``torch.distributions`` argument validation off (restored afterwards).
+
+    The checks (e.g. ``scale > 0``) cost several small ops per distribution on every update and guard
+    against parameters the kit's policies never produce."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            Distribution.set_default_validate_args(before)
+    return wrapper
 
 
 def prepare_policy_for_buffer(trainer, policy: Policy, buffer) -> bool:
@@ -191,6 +209,7 @@ class IQLTrainer(OfflineTrainer):
         return obs
 
     # -- one gradient step ----------------------------------------------------------------------
+    @without_distribution_checks
     def update(self, batch: dict) -> dict:
         cfg, hpar = self.config, self.hparams
         obs_raw = self._raw(batch["observations"])
@@ -240,5 +259,4 @@ class IQLTrainer(OfflineTrainer):
 
         adv = advantage.detach()
         return {"v_loss": v_loss.detach(), "q_loss": loss_q.detach(), "policy_loss": policy_loss.detach(),
-                "mean_advantage": adv.mean(), "v_mean": v.detach().mean(), "q_mean": qs.detach().mean(),
-                "mean_weight": advantage_weights(adv, hpar.temperature, hpar.max_weight).mean()}
+                "mean_advantage": adv.mean(), "v_mean": v.detach().mean(), "q_mean": qs.detach().mean()}
