@@ -427,10 +427,17 @@ def _run_ray(todo, args, workers, address, report) -> None:
     ray = optional_import("ray", "ray", "Sweeps on Ray (--backend ray)")
     started = False
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=int(workers), include_dashboard=False, log_to_driver=False)
+        for attempt in range(3):  # a local raylet gets 30 s to start; a busy machine can need more
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=int(workers), include_dashboard=False, log_to_driver=False)
+                break
+            except Exception as exc:  # noqa: BLE001 - ray raises a bare Exception on a slow start
+                ray.shutdown()
+                if "timed out during startup" not in str(exc) or attempt == 2:
+                    raise
         started = True
     try:
         remote = ray.remote(num_cpus=1)(_execute_one)
