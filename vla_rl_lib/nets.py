@@ -66,8 +66,7 @@ def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2), last_gain: Op
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging ``theta_target <- tau * theta + (1 - tau) * theta_target``."""
     with torch.no_grad():
-        for tp, sp in zip(target.parameters(), source.parameters()):
-            tp.lerp_(sp, tau)
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 class Policy(nn.Module):
@@ -83,8 +82,8 @@ class Policy(nn.Module):
         self.register_buffer("obs_std", torch.ones(self.obs_dim))
         low = -np.ones(self.action_dim) if action_low is None else np.broadcast_to(action_low, (self.action_dim,))
         high = np.ones(self.action_dim) if action_high is None else np.broadcast_to(action_high, (self.action_dim,))
-        self.register_buffer("action_low", torch.as_tensor(np.asarray(low, dtype=np.float32)))
-        self.register_buffer("action_high", torch.as_tensor(np.asarray(high, dtype=np.float32)))
+        self.register_buffer("action_low", torch.tensor(np.array(low, dtype=np.float32)))
+        self.register_buffer("action_high", torch.tensor(np.array(high, dtype=np.float32)))
 
     # -- observation and action spaces ----------------------------------------------------------
     def set_obs_normalization(self, mean, std) -> None:
@@ -132,12 +131,18 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def predict(self, obs, deterministic: bool = True) -> np.ndarray:
-        """Numpy in, numpy out; a single observation gives a single action."""
+        """Numpy in, numpy out; a single observation gives a single action. Acting runs the
+        network in eval mode (no dropout), whatever mode training left it in."""
         x = self.to_tensor(obs)
         single = x.dim() == 1
         if single:
             x = x.unsqueeze(0)
-        action = self.get_action(x, deterministic=deterministic).cpu().numpy()
+        was_training = self.training
+        self.eval()
+        try:
+            action = self.get_action(x, deterministic=deterministic).cpu().numpy()
+        finally:
+            self.train(was_training)
         return action[0] if single else action
 
 

@@ -93,6 +93,7 @@ class Trainer:
         self.logger: Optional[RunLogger] = None
         self.last_evaluation: Optional[dict] = None
         self._sums: dict[str, Any] = {}
+        self._counts: dict[str, int] = {}
         self._count = 0
         self._init_args: dict = {}
         self._callbacks = CallbackList()
@@ -134,12 +135,15 @@ class Trainer:
     # metrics, logging, evaluation
     # ------------------------------------------------------------------------------------------
     def _accumulate(self, metrics: dict) -> None:
+        """Sum each metric over the steps that report it (a delayed actor loss is averaged over its
+        own updates, not diluted by the steps without one)."""
         for key, value in metrics.items():
             if value is None:
                 continue
             if isinstance(value, torch.Tensor):
                 value = value.detach().float().mean()
             self._sums[key] = self._sums.get(key, 0.0) + value
+            self._counts[key] = self._counts.get(key, 0) + 1
         self._count += 1
 
     def _flush_metrics(self) -> dict:
@@ -148,8 +152,8 @@ class Trainer:
             return {}
         keys = list(self._sums)
         values = [v.item() if isinstance(v, torch.Tensor) else float(v) for v in self._sums.values()]
-        avg = {k: v / self._count for k, v in zip(keys, values)}
-        self._sums, self._count = {}, 0
+        avg = {k: v / self._counts[k] for k, v in zip(keys, values)}
+        self._sums, self._counts, self._count = {}, {}, 0
         bad = [k for k, v in avg.items() if not math.isfinite(v)]
         if bad:
             raise TrainingDivergedError(
@@ -216,7 +220,7 @@ class Trainer:
         }
         if successes:
             results["success_rate"] = float(np.mean(successes))
-        score = self._normalized_score(results["mean_reward"], target)
+        score = self._normalized_score(results["mean_reward"], env)
         if score is not None:
             results["normalized_score"] = score
         if video_path is not None:
@@ -227,8 +231,12 @@ class Trainer:
         return results
 
     def _normalized_score(self, mean_reward: float, env) -> Optional[float]:
-        name = self._score_name() if (env is None or env is self._eval_env_spec()) else (
-            env if isinstance(env, str) else getattr(getattr(env, "spec", None), "id", None))
+        """D4RL-style normalised score: of the dataset/task when evaluating on the default
+        environment, of the given environment otherwise; None where no reference is known."""
+        if env is None:
+            name = self._score_name()
+        else:
+            name = env if isinstance(env, str) else getattr(getattr(env, "spec", None), "id", None)
         if name is None or not math.isfinite(mean_reward):
             return None
         try:
@@ -367,7 +375,7 @@ class Trainer:
              "init": self._init_args}, sort_keys=False))
         self.logger = RunLogger(self.run_dir, use_wandb=self.use_wandb, config=self.meta(),
                                 run_name=f"{self.algorithm}-{self.run_dir.name}")
-        self._sums, self._count = {}, 0
+        self._sums, self._counts, self._count = {}, {}, 0
         self._t0, self._step0 = time.time(), self.global_step
         if self._callbacks.on_train_start(self) is False:
             self.stop_training = True
@@ -398,7 +406,7 @@ class Trainer:
             del final
         except KeyboardInterrupt:
             self.interrupted = True
-            self._sums, self._count = {}, 0
+            self._sums, self._counts, self._count = {}, {}, 0
             path = self.save()
             print(f"\nInterrupted at step {self.global_step}; checkpoint saved to {path}. "
                   f"Continue with: vla-rl resume {self.run_dir}")
