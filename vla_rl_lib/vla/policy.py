@@ -76,14 +76,17 @@ class VLAPolicy(Policy):
         self.model = model
         self.tokens = model.config.action_head == "tokens"
         self._token_cache: dict[str, torch.Tensor] = {}
-        self._unit_bounds = bool((self.action_low == -1).all() and (self.action_high == 1).all())
         self.to(model.device)
 
+    def _unit_bounds(self) -> bool:
+        # exact identity for [-1, 1] bounds, so bin centres stay bin centres (bounds may be set later)
+        return bool((self.action_low == -1).all() and (self.action_high == 1).all())
+
     def scale_action(self, unit_action: torch.Tensor) -> torch.Tensor:
-        return unit_action if self._unit_bounds else super().scale_action(unit_action)
+        return unit_action if self._unit_bounds() else super().scale_action(unit_action)
 
     def unscale_action(self, action: torch.Tensor) -> torch.Tensor:
-        return action if self._unit_bounds else super().unscale_action(action)
+        return action if self._unit_bounds() else super().unscale_action(action)
 
     # -- observations -----------------------------------------------------------------------------
     def _instruction_ids(self, text, batch: int) -> torch.Tensor:
