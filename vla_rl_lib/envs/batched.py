@@ -502,8 +502,8 @@ class BatchedDrivingEnv(VectorEnv):
         return {
             "success": self.ops.copy(success),
             "collision": self.ops.copy(collision),
-            "lane_offset": xp.asarray(self._lane_off, dtype=f32),
-            "progress": xp.asarray(self.progress, dtype=f32),
+            "lane_offset": xp.asarray(self._lane_off, dtype=f32, copy=True),
+            "progress": xp.asarray(self.progress, dtype=f32, copy=True),  # not a view of the live state
             "reward_terms": {k: xp.asarray(v, dtype=f32) for k, v in terms.items()},
             "instruction": self._instructions(),
         }
