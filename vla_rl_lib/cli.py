@@ -70,13 +70,18 @@ def _add_train_parser(sub, algo: str, required: bool = False) -> None:
     p.set_defaults(algo=algo, trainer_cls=cls)
 
 
+#: command-line defaults that differ from the config's (the specification's pipeline paths)
+ALGO_CLI_DEFAULTS = {"bc": {"dataset": "driving-expert-v1", "output_dir": "./output/stage2_action_head"}}
+
+
 def _cli_defaults(cls) -> dict:
-    """Defaults shown in --help: the config's, with the algorithm's usual sizes filled in."""
+    """Defaults shown in --help: the config's, with the algorithm's usual values filled in."""
     from vla_rl_lib.config import RLConfig
 
+    defaults = dict(ALGO_CLI_DEFAULTS.get(cls.algorithm, {}))
     if cls.config_class is RLConfig:
-        return dict(RLConfig._ALGO_DEFAULTS.get(cls.algorithm, {}))
-    return {}
+        defaults.update(RLConfig._ALGO_DEFAULTS.get(cls.algorithm, {}))
+    return defaults
 
 
 def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
@@ -163,6 +168,7 @@ def _split_values(args: argparse.Namespace, cls) -> tuple[dict, dict]:
         loaded = yaml.safe_load(Path(args.config_file).read_text()) or {}
         loaded = {**loaded.get("config", {}), **loaded.get("hparams", {})} if "config" in loaded else loaded
         values = {**loaded, **values}
+    values = {**ALGO_CLI_DEFAULTS.get(cls.algorithm, {}), **values}
     config_names = {f["name"] for f in cls.config_class.field_info()}
     config_values = {k: v for k, v in values.items() if k in config_names}
     hparam_values = {k: v for k, v in values.items() if k not in config_names}
