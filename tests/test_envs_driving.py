@@ -253,10 +253,11 @@ def test_bad_inputs_raise_one_clear_error():
 
 
 # ---- the batched simulator ----------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "torch"])   # torch: the CUDA code path, run on the CPU
 @pytest.mark.parametrize("difficulty", ["easy", "hard"])
-def test_batched_agrees_with_single_envs(difficulty):
+def test_batched_agrees_with_single_envs(difficulty, backend):
     n = 6
-    batched = BatchedDrivingEnv(n, difficulty=difficulty)
+    batched = BatchedDrivingEnv(n, difficulty=difficulty, backend=backend)
     single = gym.vector.SyncVectorEnv([lambda: DrivingEnv(difficulty=difficulty) for _ in range(n)])
     ob, _ = batched.reset(seed=21)
     os_, _ = single.reset(seed=21)
