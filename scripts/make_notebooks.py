@@ -678,7 +678,7 @@ from widgets.dataset_explorer import summary_figure
 from IPython.display import Image
 """),
     params(PARAM_HEAD.format(name="01_datasets") + """
-datasets = "pendulum-medium-v0,driving-expert-v1"   # comma-separated names or paths (hopper-medium-v0 too, where shipped)
+datasets = "pendulum-medium-v0,hopper-medium-v0,driving-expert-v1"   # comma-separated names or paths
 """),
     md("## Which datasets are on this machine"),
     code("""

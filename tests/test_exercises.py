@@ -141,3 +141,11 @@ def test_instructor_notebooks_pass_every_check(name, tmp_path, monkeypatch):
     records = [json.loads(l) for l in results.read_text().splitlines()]
     nb = nbformat.read(f"notebooks/assignments/{name}.ipynb", as_version=4)
     assert {r["exercise"] for r in records if r["passed"]} == set(grading.exercises_of(nb))
+
+
+def test_assignment_notebooks_match_their_source():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "scripts/make_assignments.py", "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
