@@ -125,7 +125,14 @@ class Policy(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no value head")
 
+    def act(self, obs: torch.Tensor):
+        """Sample actions for a rollout: ``(actions, log pi(actions|obs), V(obs) or None)``."""
+        actions = self.get_action(obs, deterministic=False)
+        value = self.value(obs) if self.has_value else None
+        return actions, self.log_prob(obs, actions), value
+
     def evaluate_actions(self, obs, actions):
+        """``(log pi(actions|obs), entropy, V(obs) or None)`` with gradients (for policy updates)."""
         value = self.value(obs) if self.has_value else None
         return self.log_prob(obs, actions), self.entropy(obs), value
 
@@ -146,7 +153,48 @@ class Policy(nn.Module):
         return action[0] if single else action
 
 
-class GaussianPolicy(Policy):
+class DistributionPolicy(Policy):
+    """A policy given by ``distribution(obs)``: a diagonal Gaussian over actions in [-1, 1]
+    (mapped to the environment's bounds) or a categorical over action indices. Sampling,
+    likelihood and entropy come from one distribution per forward pass."""
+
+    def distribution(self, obs):
+        raise NotImplementedError
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:  # independent action dimensions add up
+        return x if self.discrete else x.sum(-1)
+
+    def _to_env(self, sample: torch.Tensor) -> torch.Tensor:
+        return sample if self.discrete else self.scale_action(sample)
+
+    def _from_env(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions.long().reshape(-1) if self.discrete else self.unscale_action(actions)
+
+    def get_action(self, obs, deterministic=False):
+        dist = self.distribution(obs)
+        if deterministic:
+            return self._to_env(dist.probs.argmax(-1) if self.discrete else dist.mean)
+        return self._to_env(dist.sample())
+
+    def log_prob(self, obs, actions):
+        return self._reduce(self.distribution(obs).log_prob(self._from_env(actions)))
+
+    def entropy(self, obs):
+        return self._reduce(self.distribution(obs).entropy())
+
+    def act(self, obs):
+        dist = self.distribution(obs)
+        sample = dist.sample()
+        value = self.value(obs) if self.has_value else None
+        return self._to_env(sample), self._reduce(dist.log_prob(sample)), value
+
+    def evaluate_actions(self, obs, actions):
+        dist = self.distribution(obs)
+        value = self.value(obs) if self.has_value else None
+        return self._reduce(dist.log_prob(self._from_env(actions))), self._reduce(dist.entropy()), value
+
+
+class GaussianPolicy(DistributionPolicy):
     """Diagonal Gaussian with a state-independent log std (PPO, IQL).
 
     ``a ~ N(mu(s), diag(sigma^2))``; ``tanh_mean=True`` squashes the mean into [-1, 1] as CORL's
@@ -170,17 +218,6 @@ class GaussianPolicy(Policy):
             mean = torch.tanh(mean)
         std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(mean)
         return Normal(mean, std)
-
-    def get_action(self, obs, deterministic=False):
-        dist = self.distribution(obs)
-        unit = dist.mean if deterministic else dist.sample()
-        return self.scale_action(unit)
-
-    def log_prob(self, obs, actions):
-        return self.distribution(obs).log_prob(self.unscale_action(actions)).sum(-1)
-
-    def entropy(self, obs):
-        return self.distribution(obs).entropy().sum(-1)
 
 
 class TanhGaussianPolicy(Policy):
@@ -213,6 +250,10 @@ class TanhGaussianPolicy(Policy):
     def get_action(self, obs, deterministic=False):
         return self.scale_action(self.sample(obs, deterministic)[0])
 
+    def act(self, obs):
+        unit, log_prob = self.sample(obs)
+        return self.scale_action(unit), log_prob, None
+
     def log_prob(self, obs, actions):
         a = self.unscale_action(actions).clamp(-1 + 1e-6, 1 - 1e-6)
         u = torch.atanh(a)
@@ -238,7 +279,7 @@ class DeterministicPolicy(Policy):
         return self.scale_action(self.unit_action(obs))
 
 
-class CategoricalPolicy(Policy):
+class CategoricalPolicy(DistributionPolicy):
     """Softmax over discrete actions (PPO/GRPO on CartPole): ``pi(a|s) = softmax(f(s))_a``."""
 
     discrete = True
@@ -252,16 +293,6 @@ class CategoricalPolicy(Policy):
 
     def distribution(self, obs):
         return Categorical(logits=self.net(self.normalize(obs)))
-
-    def get_action(self, obs, deterministic=False):
-        dist = self.distribution(obs)
-        return dist.probs.argmax(-1) if deterministic else dist.sample()
-
-    def log_prob(self, obs, actions):
-        return self.distribution(obs).log_prob(actions.long().reshape(-1))
-
-    def entropy(self, obs):
-        return self.distribution(obs).entropy()
 
 
 class ValueNetwork(nn.Module):

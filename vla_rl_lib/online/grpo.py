@@ -35,8 +35,7 @@ import torch.nn as nn
 
 from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import ConfigError, IncompatibleError
-from vla_rl_lib.nets import CategoricalPolicy, GaussianPolicy
-from vla_rl_lib.online.rollout import (GaussianExploration, as_stochastic, check_policy, concat_obs,
+from vla_rl_lib.online.rollout import (as_stochastic, check_policy, concat_obs,
                                        default_policy, frozen_copy, index_obs, load_model_policy, make_adam,
                                        obs_to_tensor, same_obs, stack_obs, without_distribution_checks)
 from vla_rl_lib.trainer import OnlineTrainer
@@ -173,17 +172,8 @@ class GRPOTrainer(OnlineTrainer):
     # acting
     # ------------------------------------------------------------------------------------------
     def _act(self, obs):
-        policy = self.policy
-        if type(policy) is CategoricalPolicy:
-            dist = policy.distribution(obs)
-            actions = dist.sample()
-            return actions, dist.log_prob(actions)
-        if type(policy) in (GaussianPolicy, GaussianExploration):
-            dist = policy.distribution(obs)
-            unit = dist.sample()
-            return policy.scale_action(unit), dist.log_prob(unit).sum(-1)
-        actions = policy.get_action(obs, deterministic=False)
-        return actions, policy.log_prob(obs, actions).reshape(-1)
+        actions, log_probs, _ = self.policy.act(obs)
+        return actions, log_probs.reshape(-1)
 
     def _env_action(self, action: np.ndarray):
         if self.discrete:
@@ -253,14 +243,7 @@ class GRPOTrainer(OnlineTrainer):
     # learning
     # ------------------------------------------------------------------------------------------
     def _log_probs_entropy(self, obs, actions):
-        policy = self.policy
-        if type(policy) is CategoricalPolicy:
-            dist = policy.distribution(obs)
-            return dist.log_prob(actions), dist.entropy()
-        if type(policy) in (GaussianPolicy, GaussianExploration):
-            dist = policy.distribution(obs)
-            return dist.log_prob(policy.unscale_action(actions)).sum(-1), dist.entropy().sum(-1)
-        log_probs, entropy, _ = policy.evaluate_actions(obs, actions)
+        log_probs, entropy, _ = self.policy.evaluate_actions(obs, actions)
         return log_probs.reshape(-1), entropy.reshape(-1)
 
     @without_distribution_checks
@@ -310,12 +293,7 @@ class GRPOTrainer(OnlineTrainer):
         return metrics
 
     def _ref_log_probs(self, obs, actions):
-        ref = self.ref_policy
-        if type(ref) is CategoricalPolicy:
-            return ref.distribution(obs).log_prob(actions)
-        if type(ref) in (GaussianPolicy, GaussianExploration):
-            return ref.distribution(obs).log_prob(ref.unscale_action(actions)).sum(-1)
-        return ref.log_prob(obs, actions).reshape(-1)
+        return self.ref_policy.log_prob(obs, actions).reshape(-1)
 
     # ------------------------------------------------------------------------------------------
     # stopping and checkpoints

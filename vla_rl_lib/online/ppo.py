@@ -49,8 +49,8 @@ import torch.nn as nn
 
 from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import IncompatibleError
-from vla_rl_lib.nets import CategoricalPolicy, GaussianPolicy, ValueNetwork
-from vla_rl_lib.online.rollout import (GaussianExploration, RewardScaler, RolloutBuffer, RunningMeanStd,
+from vla_rl_lib.nets import ValueNetwork
+from vla_rl_lib.online.rollout import (RewardScaler, RolloutBuffer, RunningMeanStd,
                                        as_stochastic, autoreset_mode, check_policy, compute_gae, default_policy,
                                        explained_variance, index_obs, load_model_policy, make_adam, obs_to_tensor,
                                        same_step_envs, stack_obs, without_distribution_checks)
@@ -149,36 +149,17 @@ class PPOTrainer(OnlineTrainer):
 
     def _act(self, obs):
         """Sample actions; return (actions, log-probabilities, values)."""
-        policy = self.policy
-        if type(policy) is CategoricalPolicy:
-            dist = policy.distribution(obs)
-            actions = dist.sample()
-            log_probs = dist.log_prob(actions)
-        elif type(policy) in (GaussianPolicy, GaussianExploration):
-            dist = policy.distribution(obs)
-            unit = dist.sample()
-            log_probs = dist.log_prob(unit).sum(-1)
-            actions = policy.scale_action(unit)
-        else:
-            actions = policy.get_action(obs, deterministic=False)
-            log_probs = policy.log_prob(obs, actions)
-        return actions, log_probs.reshape(-1), self._value(obs)
+        actions, log_probs, values = self.policy.act(obs)
+        if values is None or self.value_net is not None:
+            values = self._value(obs)
+        return actions, log_probs.reshape(-1), values.reshape(-1)
 
     def _evaluate(self, obs, actions):
         """(log pi(a|s), entropy, V(s)) with gradients."""
-        policy = self.policy
-        if type(policy) is CategoricalPolicy:
-            dist = policy.distribution(obs)
-            log_probs, entropy, value = dist.log_prob(actions), dist.entropy(), None
-        elif type(policy) in (GaussianPolicy, GaussianExploration):
-            dist = policy.distribution(obs)
-            log_probs = dist.log_prob(policy.unscale_action(actions)).sum(-1)
-            entropy, value = dist.entropy().sum(-1), None
-        else:
-            log_probs, entropy, value = policy.evaluate_actions(obs, actions)
-        if value is None:
-            value = self._value(obs)
-        return log_probs.reshape(-1), entropy.reshape(-1), value.reshape(-1)
+        log_probs, entropy, values = self.policy.evaluate_actions(obs, actions)
+        if values is None or self.value_net is not None:
+            values = self._value(obs)
+        return log_probs.reshape(-1), entropy.reshape(-1), values.reshape(-1)
 
     def _env_actions(self, actions: torch.Tensor) -> np.ndarray:
         a = actions.cpu().numpy()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 from torch.distributions import Distribution, Normal
 
-from vla_rl_lib.errors import ConfigError, IncompatibleError, MissingDependencyError
-from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, GaussianPolicy, Policy
+from vla_rl_lib.errors import IncompatibleError, MissingDependencyError
+from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, DistributionPolicy, GaussianPolicy, Policy
 
 Obs = Any  # np.ndarray (B, ...) or dict[str, np.ndarray | list[str]]
 
@@ -340,7 +340,7 @@ def _overrides(policy, name: str) -> bool:
     return method is not None and method is not getattr(Policy, name, None)
 
 
-class GaussianExploration(Policy):
+class GaussianExploration(DistributionPolicy):
     """A deterministic policy made stochastic for on-policy fine-tuning (e.g. TD3+BC's actor).
 
     ``a ~ N(mu(s), diag(sigma^2))`` in the unit action box, with ``mu(s)`` the wrapped policy's
@@ -371,16 +371,6 @@ class GaussianExploration(Policy):
         mean = self.base.unscale_action(self.base.get_action(obs, deterministic=True))
         std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(mean)
         return Normal(mean, std)
-
-    def get_action(self, obs, deterministic=False):
-        dist = self.distribution(obs)
-        return self.scale_action(dist.mean if deterministic else dist.sample())
-
-    def log_prob(self, obs, actions):
-        return self.distribution(obs).log_prob(self.unscale_action(actions)).sum(-1)
-
-    def entropy(self, obs):
-        return self.distribution(obs).entropy().sum(-1)
 
 
 def as_stochastic(policy: nn.Module, log_std_init: float = -1.0) -> nn.Module:

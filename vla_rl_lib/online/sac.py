@@ -41,7 +41,7 @@ import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, RLConfig, hp
 from vla_rl_lib.errors import IncompatibleError
-from vla_rl_lib.nets import Policy, QEnsemble, TanhGaussianPolicy, soft_update
+from vla_rl_lib.nets import QEnsemble, TanhGaussianPolicy, soft_update
 from vla_rl_lib.online.replay import ReplayBuffer
 from vla_rl_lib.trainer import OnlineTrainer
 
