@@ -359,3 +359,30 @@ def test_ppo_continuous_learns_pendulum_beyond_random(tmp_path):
                    log_freq=10_000, seed=0, device="cpu", output_dir=str(tmp_path / "run"))
     trainer = PPOTrainer(config=cfg).train()
     assert trainer.evaluate(num_episodes=10)["mean_reward"] > -400
+
+
+def test_final_observations_from_both_vector_env_layouts():
+    from vla_rl_lib.online.rollout import final_observations
+
+    per_env = np.empty(3, dtype=object)
+    per_env[:] = [np.full(2, i, dtype=np.float32) for i in range(3)]
+    np.testing.assert_array_equal(final_observations({"final_obs": per_env}, [0, 2]), [[0, 0], [2, 2]])
+    batched = {"state": np.arange(6, dtype=np.float32).reshape(3, 2), "instruction": ["a", "b", "c"]}
+    out = final_observations({"final_obs": batched}, np.array([1, 2]))
+    np.testing.assert_array_equal(out["state"], [[2, 3], [4, 5]])
+    assert out["instruction"] == ["b", "c"]
+
+
+def test_ppo_on_the_batched_driving_simulator_with_same_step_autoreset(tmp_path):
+    from vla_rl_lib import RLConfig
+    from vla_rl_lib.envs import BatchedDrivingEnv
+
+    envs = BatchedDrivingEnv(4, autoreset_mode="same_step", max_episode_steps=20)
+    from vla_rl_lib.vla import VLAModel, VLAPolicy
+
+    policy = VLAPolicy(VLAModel())
+    config = RLConfig(total_timesteps=96, rollout_steps=24, batch_size=48, ppo_epochs=1, eval_episodes=0,
+                      save_freq=0, device="cpu", output_dir=str(tmp_path))
+    trainer = PPOTrainer(env=envs, config=config, policy=policy)
+    trainer.train()
+    assert trainer.global_step == 96 and trainer.episodes_done >= 4  # episodes ended and were bootstrapped

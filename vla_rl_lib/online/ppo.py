@@ -52,7 +52,7 @@ from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.nets import ValueNetwork
 from vla_rl_lib.online.rollout import (RewardScaler, RolloutBuffer, RunningMeanStd,
                                        as_stochastic, autoreset_mode, check_policy, compute_gae, default_policy,
-                                       explained_variance, index_obs, load_model_policy, make_adam, obs_to_tensor,
+                                       explained_variance, final_observations, index_obs, load_model_policy, make_adam, obs_to_tensor,
                                        same_step_envs, stack_obs, without_distribution_checks)
 from vla_rl_lib.trainer import OnlineTrainer
 
@@ -219,7 +219,7 @@ class PPOTrainer(OnlineTrainer):
             if same_step:
                 cut = np.flatnonzero(truncated & ~terminated)
                 if len(cut):  # bootstrap from the true final observation
-                    final = stack_obs([infos["final_obs"][i] for i in cut])
+                    final = final_observations(infos, cut)
                     final_values[t, cut] = self._value(obs_to_tensor(final, self.device))
                     has_final[t, cut] = True
             else:

@@ -101,6 +101,16 @@ def index_obs(obs: Obs, idx) -> Obs:
     return obs[idx]
 
 
+def final_observations(infos: dict, idx) -> Obs:
+    """True final observations of the envs ``idx`` from a SAME_STEP vector env's ``infos["final_obs"]``:
+    an object array of per-env observations (gymnasium's vector envs) or a dict of batched arrays
+    (the kit's batched driving simulator)."""
+    final = infos["final_obs"]
+    if isinstance(final, dict):
+        return index_obs(final, np.asarray(idx))
+    return stack_obs([final[i] for i in idx])
+
+
 def obs_to_tensor(obs: Obs, device) -> Obs:
     """Numpy -> torch on ``device`` (float64 -> float32, uint8 images kept); strings stay a list."""
     if isinstance(obs, dict):
