@@ -40,7 +40,7 @@ from vla_rl_lib.config import OfflineRLConfig
 from vla_rl_lib.data.buffer import OfflineReplayBuffer
 from vla_rl_lib.data.datasets import load_dataset, normalized_score
 from vla_rl_lib.nets import soft_update
-from vla_rl_lib.offline.iql import without_distribution_checks
+from vla_rl_lib.nets import without_distribution_checks
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("iql", "cql", "td3_bc", "dt")

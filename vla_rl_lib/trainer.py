@@ -476,6 +476,55 @@ class OfflineTrainer(Trainer):
             if buffer.device.type == "cpu":
                 self.sample_generator.set_state(state)
 
+    # -- dataset statistics shared by the offline algorithms ------------------------------------
+    def observation_statistics(self, buffer, eps: float = 1e-3, chunk: int = 65_536):
+        """Mean and ``std + eps`` (as CORL) of the raw observations of the buffer's transitions."""
+        if getattr(buffer, "normalize_states", False):  # it normalised them with these statistics
+            return np.asarray(buffer.obs_mean, np.float32), np.asarray(buffer.obs_std, np.float32)
+        n = len(buffer)
+        total = total_sq = None
+        for start in range(0, n, chunk):
+            obs = buffer.get(torch.arange(start, min(n, start + chunk), device=buffer.device))["observations"].double()
+            s, sq = obs.sum(0), (obs * obs).sum(0)
+            total = s if total is None else total + s
+            total_sq = sq if total_sq is None else total_sq + sq
+        mean = total / n
+        std = (total_sq / n - mean * mean).clamp_min(0.0).sqrt() + eps
+        return mean.float().cpu().numpy(), std.float().cpu().numpy()
+
+    def action_bounds(self, buffer):
+        """The evaluation environment's action bounds when it is known, else the dataset's
+        symmetric range ``max |a|`` per dimension (1 when all actions lie in [-1, 1], D4RL's convention)."""
+        if self.env_id is not None:
+            from vla_rl_lib.envs import make_env
+
+            env = make_env(self.env_id)
+            try:
+                low = np.asarray(env.action_space.low, np.float32)
+                high = np.asarray(env.action_space.high, np.float32)
+            finally:
+                env.close()
+            if low.shape != (self.action_dim,):
+                raise DatasetError(f"the environment {self.env_id!r} has actions of shape {low.shape}, but the "
+                                   f"dataset's actions have size {self.action_dim}; evaluate on the dataset's environment")
+            return low, high
+        n, amax = len(buffer), torch.zeros(self.action_dim, device=buffer.device)
+        for start in range(0, n, 65_536):
+            idx = torch.arange(start, min(n, start + 65_536), device=buffer.device)
+            amax = torch.maximum(amax, buffer.get(idx)["actions"].abs().amax(0))
+        bound = np.maximum(amax.cpu().numpy(), 1.0).astype(np.float32)
+        return -bound, bound
+
+    def fit_policy_to_dataset(self, policy, buffer, normalize: bool) -> bool:
+        """Give ``policy`` the dataset's observation normaliser (when ``normalize``, or when the
+        buffer hands out normalised observations) and the action bounds. Returns whether the
+        buffer's batches are normalised (policies normalise internally, so trainers undo it)."""
+        prenormalised = bool(getattr(buffer, "normalize_states", False))
+        if normalize or prenormalised:
+            policy.set_obs_normalization(*self.observation_statistics(buffer))
+        policy.set_action_bounds(*self.action_bounds(buffer))
+        return prenormalised
+
     def load_buffer(self):
         """Build the buffer from ``config.dataset`` (used by the command line and ``train()``)."""
         from vla_rl_lib.data.buffer import OfflineReplayBuffer

@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
-from vla_rl_lib.nets import Policy, QEnsemble, TanhGaussianPolicy, soft_update
-from vla_rl_lib.offline.iql import prepare_policy_for_buffer, q_loss, without_distribution_checks
+from vla_rl_lib.nets import Policy, QEnsemble, TanhGaussianPolicy, soft_update, without_distribution_checks
+from vla_rl_lib.offline.iql import q_loss
 from vla_rl_lib.trainer import OfflineTrainer
 from vla_rl_lib.errors import ConfigError
 
@@ -158,7 +158,7 @@ class CQLTrainer(OfflineTrainer):
 
     def attach_buffer(self, buffer) -> None:
         super().attach_buffer(buffer)
-        self._buffer_normalised = prepare_policy_for_buffer(self, self.actor, buffer)
+        self._buffer_normalised = self.fit_policy_to_dataset(self.actor, buffer, self.config.normalize_states)
 
     def _raw(self, obs: torch.Tensor) -> torch.Tensor:
         if self._buffer_normalised:

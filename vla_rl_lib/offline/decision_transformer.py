@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from vla_rl_lib.config import ConfigBase, hp
 from vla_rl_lib.errors import ConfigError, DatasetError
 from vla_rl_lib.nets import Policy
-from vla_rl_lib.offline.td3_bc import dataset_action_bounds
 from vla_rl_lib.trainer import OfflineTrainer
 
 __all__ = ["DTHyperparameters", "DecisionTransformerTrainer", "DecisionTransformer", "DecisionTransformerPolicy",
@@ -321,12 +320,9 @@ class DecisionTransformerTrainer(OfflineTrainer):
             raise ConfigError(f"the dataset has an episode of {sampler.max_length} steps but the Decision "
                               f"Transformer's timestep embedding covers max_ep_len={self.hparams.max_ep_len}; "
                               f"build the trainer with max_ep_len >= {sampler.max_length}")
-        low, high = dataset_action_bounds(buffer, self.env_id)
-        mean, std = sampler.state_stats()
         policy = self.policy
-        policy.set_obs_normalization(mean, std)
-        policy.action_low.copy_(torch.as_tensor(low))
-        policy.action_high.copy_(torch.as_tensor(high))
+        policy.set_obs_normalization(*sampler.state_stats())
+        policy.set_action_bounds(*self.action_bounds(buffer))
         target = self.hparams.target_return
         if target is None:
             target = float(np.percentile(sampler.episode_returns, DEFAULT_TARGET_PERCENTILE))

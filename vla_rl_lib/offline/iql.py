@@ -28,21 +28,18 @@ clip at 100. Critics and value see ``policy.normalize(obs)`` and actions rescale
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
-from torch.distributions import Distribution
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
-from vla_rl_lib.nets import DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, soft_update
+from vla_rl_lib.nets import (DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, soft_update,
+                             without_distribution_checks)
 from vla_rl_lib.trainer import OfflineTrainer
 
-__all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "advantage_weights", "awr_policy_loss",
-           "dataset_obs_statistics", "prepare_policy_for_buffer", "without_distribution_checks"]
+__all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "advantage_weights", "awr_policy_loss"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,56 +80,6 @@ def awr_policy_loss(bc_losses: torch.Tensor, advantages: torch.Tensor, temperatu
     gradient), ``beta`` the temperature. Actions better than V(s) are imitated more strongly.
     """
     return (advantage_weights(advantages, temperature, max_weight) * bc_losses).mean()
-
-
-# ------------------------------------------------------------------------------------------------
-# dataset statistics shared by the offline trainers of this package (normaliser, action bounds)
-# ------------------------------------------------------------------------------------------------
-
-def dataset_obs_statistics(buffer, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std (``+ eps``, as CORL) of the observations of a buffer's transitions.
-
-    A buffer that stores normalised observations (``buffer.normalize_states``) already knows them.
-    """
-    if getattr(buffer, "normalize_states", False):
-        return np.asarray(buffer.obs_mean, np.float32), np.asarray(buffer.obs_std, np.float32)
-    obs = buffer.get(torch.arange(len(buffer)))["observations"].double()
-    return obs.mean(0).float().cpu().numpy(), (obs.std(0, unbiased=False) + eps).float().cpu().numpy()
-
-
-def without_distribution_checks(fn):
-    """Run ``fn`` with ``torch.distributions`` argument validation off (restored afterwards).
-
-    The checks (e.g. ``scale > 0``) cost several small ops per distribution on every update and guard
-    against parameters the kit's policies never produce."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        before = Distribution._validate_args
-        Distribution.set_default_validate_args(False)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            Distribution.set_default_validate_args(before)
-    return wrapper
-
-
-def prepare_policy_for_buffer(trainer, policy: Policy, buffer) -> bool:
-    """Set ``policy``'s observation normaliser and action bounds from the dataset.
-
-    Returns True when the buffer's batches hold normalised observations (then the trainer turns
-    them back into raw observations, since policies normalise internally).
-    """
-    buffer_normalised = bool(getattr(buffer, "normalize_states", False))
-    if trainer.config.normalize_states or buffer_normalised:
-        mean, std = dataset_obs_statistics(buffer)
-        policy.set_obs_normalization(mean, std)
-    # the evaluation environment's bounds, else the dataset's symmetric range (shared with TD3+BC)
-    from vla_rl_lib.offline.td3_bc import dataset_action_bounds
-
-    low, high = dataset_action_bounds(buffer, trainer.env_id)
-    policy.action_low.copy_(torch.as_tensor(low, device=policy.action_low.device))
-    policy.action_high.copy_(torch.as_tensor(high, device=policy.action_high.device))
-    return buffer_normalised
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,7 +147,7 @@ class IQLTrainer(OfflineTrainer):
 
     def attach_buffer(self, buffer) -> None:
         super().attach_buffer(buffer)
-        self._buffer_normalised = prepare_policy_for_buffer(self, self.actor, buffer)
+        self._buffer_normalised = self.fit_policy_to_dataset(self.actor, buffer, self.config.normalize_states)
 
     def _raw(self, obs: torch.Tensor) -> torch.Tensor:
         """Observations as the environment gives them (undo the buffer's normalisation if it did one)."""

@@ -34,17 +34,14 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vla_rl_lib.config import ConfigBase, hp
-from vla_rl_lib.errors import DatasetError
 from vla_rl_lib.nets import DeterministicPolicy, QEnsemble, soft_update
 from vla_rl_lib.trainer import OfflineTrainer
 
-__all__ = ["TD3BCHyperparameters", "TD3BCTrainer", "td3_target", "critic_loss", "td3_bc_actor_loss",
-           "dataset_action_bounds", "dataset_state_stats"]
+__all__ = ["TD3BCHyperparameters", "TD3BCTrainer", "td3_target", "critic_loss", "td3_bc_actor_loss"]
 
 STD_EPS = 1e-3  # added to the state standard deviation, as the paper's code
 
@@ -93,52 +90,6 @@ def td3_bc_actor_loss(q_pi: torch.Tensor, pi: torch.Tensor, actions: torch.Tenso
 # ------------------------------------------------------------------------------------------------
 # dataset helpers
 # ------------------------------------------------------------------------------------------------
-def dataset_state_stats(buffer, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and ``std + 1e-3`` of the raw observations of the buffer's transitions."""
-    n = len(buffer)
-    total, total_sq = None, None
-    for start in range(0, n, chunk):
-        idx = torch.arange(start, min(n, start + chunk), device=buffer.device)
-        obs = buffer.get(idx)["observations"]
-        if getattr(buffer, "normalize_states", False):
-            obs = buffer.denormalize_observations(obs)
-        obs = obs.double()
-        s, sq = obs.sum(0), (obs * obs).sum(0)
-        total = s if total is None else total + s
-        total_sq = sq if total_sq is None else total_sq + sq
-    mean = total / n
-    var = (total_sq / n - mean * mean).clamp_min(0.0)
-    return mean.float().cpu().numpy(), (var.sqrt() + STD_EPS).float().cpu().numpy()
-
-
-def dataset_action_bounds(buffer, env_id) -> tuple[np.ndarray, np.ndarray]:
-    """Action bounds: the evaluation environment's when it is known, else the dataset's range.
-
-    With no environment, each dimension gets the symmetric bound ``max |a|`` over the dataset
-    (``1`` when all actions lie in [-1, 1], the D4RL convention).
-    """
-    if env_id is not None:
-        from vla_rl_lib.envs import make_env
-
-        env = make_env(env_id)
-        try:
-            space = env.action_space
-            low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
-        finally:
-            env.close()
-        if low.shape != (buffer.action_dim,):
-            raise DatasetError(f"the environment {env_id!r} has actions of shape {low.shape}, but the dataset's "
-                               f"actions have size {buffer.action_dim}; evaluate on the dataset's environment")
-        return low, high
-    n = len(buffer)
-    amax = torch.zeros(buffer.action_dim, device=buffer.device)
-    for start in range(0, n, 65_536):
-        idx = torch.arange(start, min(n, start + 65_536), device=buffer.device)
-        amax = torch.maximum(amax, buffer.get(idx)["actions"].abs().amax(0))
-    bound = np.maximum(amax.cpu().numpy(), 1.0).astype(np.float32)
-    return -bound, bound
-
-
 # ------------------------------------------------------------------------------------------------
 # trainer
 # ------------------------------------------------------------------------------------------------
@@ -180,18 +131,10 @@ class TD3BCTrainer(OfflineTrainer):
     def attach_buffer(self, buffer) -> None:
         """Check sizes, then take the action bounds and the state normaliser from the dataset."""
         super().attach_buffer(buffer)
-        low, high = dataset_action_bounds(buffer, self.env_id)
-        self._prenormalized = bool(getattr(buffer, "normalize_states", False))
-        if self._prenormalized:  # batches come normalised with the buffer's statistics
-            mean, std = np.asarray(buffer.obs_mean), np.asarray(buffer.obs_std)
-        elif self.hparams.normalize or self.config.normalize_states:
-            mean, std = dataset_state_stats(buffer)
-        else:
-            mean, std = np.zeros(self.obs_dim, np.float32), np.ones(self.obs_dim, np.float32)
-        for net in (self.policy, self.actor_target):
-            net.set_obs_normalization(mean, std)
-            net.action_low.copy_(torch.as_tensor(low))
-            net.action_high.copy_(torch.as_tensor(high))
+        self._prenormalized = self.fit_policy_to_dataset(self.policy, buffer,
+                                                         self.hparams.normalize or self.config.normalize_states)
+        self.actor_target.set_obs_normalization(self.policy.obs_mean, self.policy.obs_std)
+        self.actor_target.set_action_bounds(self.policy.action_low, self.policy.action_high)
 
     def _normalized(self, obs: torch.Tensor) -> torch.Tensor:
         return obs if self._prenormalized else self.policy.normalize(obs)

@@ -35,9 +35,10 @@ import torch.nn as nn
 
 from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import ConfigError, IncompatibleError
+from vla_rl_lib.nets import without_distribution_checks
 from vla_rl_lib.online.rollout import (as_stochastic, check_policy, concat_obs,
                                        default_policy, frozen_copy, index_obs, load_model_policy, make_adam,
-                                       obs_to_tensor, same_obs, stack_obs, without_distribution_checks)
+                                       obs_to_tensor, same_obs, stack_obs)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["GRPOTrainer", "group_relative_advantages", "combine_objectives", "k3_kl", "grpo_loss"]

@@ -49,11 +49,11 @@ import torch.nn as nn
 
 from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import IncompatibleError
-from vla_rl_lib.nets import ValueNetwork
+from vla_rl_lib.nets import ValueNetwork, without_distribution_checks
 from vla_rl_lib.online.rollout import (RewardScaler, RolloutBuffer, RunningMeanStd,
                                        as_stochastic, autoreset_mode, check_policy, compute_gae, default_policy,
                                        explained_variance, final_observations, index_obs, load_model_policy, make_adam, obs_to_tensor,
-                                       same_step_envs, stack_obs, without_distribution_checks)
+                                       same_step_envs)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["PPOTrainer", "clipped_surrogate", "value_loss"]

@@ -31,28 +31,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.distributions import Distribution, Normal
+from torch.distributions import Normal
 
 from vla_rl_lib.errors import IncompatibleError, MissingDependencyError
 from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, DistributionPolicy, GaussianPolicy, Policy
 
 Obs = Any  # np.ndarray (B, ...) or dict[str, np.ndarray | list[str]]
-
-
-def without_distribution_checks(fn):
-    """Run ``fn`` with torch.distributions' argument validation off (restored afterwards).
-
-    The checks cost about a tenth of a small-network PPO update and guard against inputs the
-    trainers never produce (the kit's policies build valid parameters)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        before = Distribution._validate_args
-        Distribution.set_default_validate_args(False)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            Distribution.set_default_validate_args(before)
-    return wrapper
 
 
 # ------------------------------------------------------------------------------------------------
