@@ -18,15 +18,6 @@ from vla_rl_lib.envs.wrappers import DiscretizeActions, StateObservation, detoke
 from vla_rl_lib.errors import ConfigError, IncompatibleError, MissingDependencyError, UnknownEnvironmentError
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The batched env does many small torch ops: on a busy 2-core machine extra threads only wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_expert(env, seed, instruction, expert=DrivingExpert()):
     obs, info = env.reset(seed=seed, options={"instruction": instruction})
     done = False

@@ -17,14 +17,6 @@ from vla_rl_lib.offline.decision_transformer import (DecisionTransformer, Decisi
                                                       EpisodeSequenceSampler, dt_action_loss, warmup_factor)
 from vla_rl_lib.trainer import Trainer
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks run fastest on one thread (and do not fight other jobs for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 SMALL = dict(embed_dim=32, n_layer=1, n_head=2, context_length=10, max_ep_len=200, warmup_steps=100)
 

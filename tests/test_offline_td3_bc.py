@@ -22,15 +22,6 @@ from vla_rl_lib.offline.td3_bc import TD3BCTrainer, critic_loss, td3_bc_actor_lo
 from vla_rl_lib.trainer import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks run fastest on one thread (and do not fight other jobs for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------

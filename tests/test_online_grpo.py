@@ -12,14 +12,6 @@ from vla_rl_lib.nets import GaussianPolicy
 from vla_rl_lib.online.grpo import GRPOTrainer, combine_objectives, group_relative_advantages, grpo_loss, k3_kl
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def grpo_config(tmp_path, **kw):
     base = dict(algorithm="grpo", group_size=4, num_groups=2, num_iterations=2, batch_size=256, grpo_epochs=2,
                 eval_freq=0, eval_episodes=0, save_freq=0, log_freq=1, device="cpu", output_dir=str(tmp_path / "run"))

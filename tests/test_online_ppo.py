@@ -20,15 +20,6 @@ ZOO_CARTPOLE = dict(env="CartPole-v1", num_envs=8, rollout_steps=32, batch_size=
                     discount_gamma=0.98, ppo_epochs=20, learning_rate=1e-3, ppo_clip_range=0.2, ppo_entropy_coef=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks run fastest on one thread (and far faster than two on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_config(tmp_path, **kw):
     base = dict(num_envs=2, rollout_steps=16, batch_size=16, ppo_epochs=2, total_timesteps=64, eval_freq=0,
                 eval_episodes=0, save_freq=0, log_freq=32, device="cpu", output_dir=str(tmp_path / "run"))

@@ -29,16 +29,6 @@ from vla_rl_lib.online.sac import (SACTrainer, sac_actor_loss, sac_critic_loss, 
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """SAC's networks are small: one intra-op thread is faster, and on a machine shared with other
-    jobs two spinning OpenMP threads per process slow every op down many times over. Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_config(tmp_path, **kw) -> RLConfig:
     base = dict(algorithm="sac", env="Pendulum-v1", total_timesteps=400, learning_starts=100, hidden_dim=32,
                 batch_size=32, eval_episodes=0, log_freq=100, save_freq=0, seed=0, output_dir=str(tmp_path / "run"))

@@ -16,15 +16,6 @@ from vla_rl_lib.nets import TanhGaussianPolicy
 from vla_rl_lib.video import record_video, rollout_frames, video_html
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks: one intra-op thread (restored after); see tests/test_online_sac.py."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _frames_in(path) -> list:
     """Decode every frame of an mp4 with imageio's ffmpeg reader."""
     import imageio.v2 as imageio

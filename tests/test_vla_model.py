@@ -12,16 +12,6 @@ from vla_rl_lib.vla.tokenizer import CLS_ID, PAD_ID, SEP_ID, UNK_ID, VOCAB, Inst
 TINY = dict(image_size=32, vision_channels=[8, 16, 16], embed_dim=32, hidden_dim=32, text_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small networks on a shared 2-core machine: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def images(b=3, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (b, size, size, 3), dtype=torch.uint8, generator=g)

@@ -18,16 +18,6 @@ TINY = dict(image_size=32, vision_channels=[8, 16, 16], embed_dim=32, hidden_dim
             state_indices=[1, 2])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small networks on a shared 2-core machine: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 @pytest.fixture(scope="module")
 def demos():
     return collect_dataset(3000, seed=0, image_size=32)

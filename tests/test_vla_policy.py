@@ -12,16 +12,6 @@ from vla_rl_lib.vla.policy import VLAPolicy, load_policy
 TINY = dict(image_size=32, vision_channels=[8, 16, 16], embed_dim=32, hidden_dim=32, text_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small networks on a shared 2-core machine: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def obs_batch(n=4, seed=0):
     env = DrivingEnv(image_size=32)
     obs = [env.reset(seed=seed + i)[0] for i in range(n)]

@@ -7,13 +7,11 @@ import pytest
 pytest.importorskip("ipywidgets")
 
 import ipywidgets as w  # noqa: E402
-import torch  # noqa: E402
 
 from vla_rl_lib.callbacks import Callback  # noqa: E402
 from vla_rl_lib.chooser import explain, recommend_method, tree_quality  # noqa: E402
 from vla_rl_lib.errors import ConfigError  # noqa: E402
 
-torch.set_num_threads(1)  # tiny networks: more threads only contend on a shared CI machine
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
