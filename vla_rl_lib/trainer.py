@@ -445,6 +445,7 @@ class OfflineTrainer(Trainer):
         self.env_id: Optional[str] = config.env if config is not None else None
         self.dataset_name: Optional[str] = config.dataset if config is not None else None
         self.sample_generator = torch.Generator().manual_seed(self.config.seed)
+        self._batches_normalised = False
 
     @property
     def total_steps(self) -> int:
@@ -523,7 +524,14 @@ class OfflineTrainer(Trainer):
         if normalize or prenormalised:
             policy.set_obs_normalization(*self.observation_statistics(buffer))
         policy.set_action_bounds(*self.action_bounds(buffer))
+        self._batches_normalised = prenormalised
         return prenormalised
+
+    def raw_observations(self, obs: torch.Tensor) -> torch.Tensor:
+        """Batch observations as the environment gives them (undoing the buffer's normalisation, if it did one)."""
+        if self._batches_normalised:
+            return obs * self.policy.obs_std + self.policy.obs_mean
+        return obs
 
     def load_buffer(self):
         """Build the buffer from ``config.dataset`` (used by the command line and ``train()``)."""

@@ -149,7 +149,6 @@ class CQLTrainer(OfflineTrainer):
         self.log_alpha_prime = Scalar(0.0).to(self.device)
         self.alpha_prime_optimizer = (torch.optim.Adam(self.log_alpha_prime.parameters(), lr=cfg.learning_rate)
                                       if hpar.cql_lagrange else None)
-        self._buffer_normalised = False
         self._random_generator = None
 
     @property
@@ -158,20 +157,15 @@ class CQLTrainer(OfflineTrainer):
 
     def attach_buffer(self, buffer) -> None:
         super().attach_buffer(buffer)
-        self._buffer_normalised = self.fit_policy_to_dataset(self.actor, buffer, self.config.normalize_states)
-
-    def _raw(self, obs: torch.Tensor) -> torch.Tensor:
-        if self._buffer_normalised:
-            return obs * self.actor.obs_std + self.actor.obs_mean
-        return obs
+        self.fit_policy_to_dataset(self.actor, buffer, self.config.normalize_states)
 
     # -- one gradient step ----------------------------------------------------------------------
     @without_distribution_checks
     def update(self, batch: dict) -> dict:
         cfg, hpar = self.config, self.hparams
         n_samples, n_critics = hpar.cql_samples, self.qf.n
-        obs_raw = self._raw(batch["observations"])
-        next_raw = self._raw(batch["next_observations"])
+        obs_raw = self.raw_observations(batch["observations"])
+        next_raw = self.raw_observations(batch["next_observations"])
         obs, next_obs = self.actor.normalize(obs_raw), self.actor.normalize(next_raw)
         actions = self.actor.unscale_action(batch["actions"])
         rewards, dones = batch["rewards"], batch["dones"]

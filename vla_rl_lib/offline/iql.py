@@ -139,7 +139,6 @@ class IQLTrainer(OfflineTrainer):
             self.actor_lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optimizer, self.total_steps)
         else:
             self.actor_lr_schedule = None
-        self._buffer_normalised = False
 
     @property
     def policy(self) -> Policy:
@@ -147,21 +146,15 @@ class IQLTrainer(OfflineTrainer):
 
     def attach_buffer(self, buffer) -> None:
         super().attach_buffer(buffer)
-        self._buffer_normalised = self.fit_policy_to_dataset(self.actor, buffer, self.config.normalize_states)
-
-    def _raw(self, obs: torch.Tensor) -> torch.Tensor:
-        """Observations as the environment gives them (undo the buffer's normalisation if it did one)."""
-        if self._buffer_normalised:
-            return obs * self.actor.obs_std + self.actor.obs_mean
-        return obs
+        self.fit_policy_to_dataset(self.actor, buffer, self.config.normalize_states)
 
     # -- one gradient step ----------------------------------------------------------------------
     @without_distribution_checks
     def update(self, batch: dict) -> dict:
         cfg, hpar = self.config, self.hparams
-        obs_raw = self._raw(batch["observations"])
+        obs_raw = self.raw_observations(batch["observations"])
         obs = self.actor.normalize(obs_raw)
-        next_obs = self.actor.normalize(self._raw(batch["next_observations"]))
+        next_obs = self.actor.normalize(self.raw_observations(batch["next_observations"]))
         actions = batch["actions"]
         unit_actions = self.actor.unscale_action(actions)
         rewards, dones = batch["rewards"], batch["dones"]
