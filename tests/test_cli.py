@@ -105,3 +105,31 @@ def test_python_dash_m_and_wrapper_run_for_real():
                             text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "--ppo_clip_range" in result.stdout
+
+
+def test_train_evaluate_and_resume_from_the_command_line(vla_rl, tmp_path):
+    run = tmp_path / "ppo"
+    common = ["--env", "CartPole-v1", "--num_envs", "2", "--rollout_steps", "64", "--eval_episodes", "2",
+              "--save_freq", "0", "--log_freq", "128", "--seed", "3", "--output_dir", str(run), "--no-progress"]
+    result = vla_rl("train", "ppo", "--total_timesteps", "256", *common)
+    assert result.returncode == 0, result.stderr
+    assert "ppo: 256 steps" in result.stdout and "mean_reward=" in result.stdout
+    for name in ("config.yaml", "metrics.csv", "checkpoint.pt"):
+        assert (run / name).exists()
+
+    result = vla_rl("evaluate", str(run), "--num_episodes", "3")
+    assert result.returncode == 0, result.stderr
+    assert '"episodes": 3' in result.stdout and '"mean_reward"' in result.stdout
+
+    # a finished run resumes as a no-op; a longer budget in its config continues from step 256
+    import yaml
+
+    from vla_rl_lib.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["meta"]["config"]["total_timesteps"] = 512
+    save_checkpoint(run / "checkpoint.pt", state)
+    result = vla_rl("resume", str(run), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "resuming ppo at step 256 of 512" in result.stdout and "ppo: 512 steps" in result.stdout
+    assert yaml.safe_load((run / "config.yaml").read_text())["config"]["total_timesteps"] == 512
