@@ -145,7 +145,7 @@ def test_default_target_is_the_90th_percentile_of_dataset_returns(tmp_path):
 # ------------------------------------------------------------------------------------------------
 LEARN_STEPS = 800
 #: Threshold chosen from measurement (seeds 0-4, 800 steps, 5 evaluation episodes, see
-#: docs/offline_td3bc_dt.md): the trained DT scored -196 to -468 (mean -347); the same models before
+#: docs/offline.md): the trained DT scored -196 to -468 (mean -347); the same models before
 #: training scored -907 to -1506 (3 episodes); random actions score about -1150 and the dataset's
 #: episodes average -349. -650 sits 180 below the worst trained seed and 250 above the best untrained.
 LEARN_THRESHOLD = -650.0

@@ -153,7 +153,7 @@ def test_prenormalised_buffer_gives_same_networks_inputs(tmp_path):
 # ------------------------------------------------------------------------------------------------
 LEARN_STEPS = 2000
 #: Threshold chosen from measurement (seeds 0-4, 2000 steps, 5 evaluation episodes, see
-#: docs/offline_td3bc_dt.md): TD3+BC reached -195 to -440 (mean -312); the same with the BC sign
+#: docs/offline.md): TD3+BC reached -195 to -440 (mean -312); the same with the BC sign
 #: flipped reached -1287 to -1635 (mean -1496); the untrained policy and random actions score about
 #: -1150; the dataset's episodes average -349. -700 leaves 260 of margin below the worst seed and
 #: 580 above the best broken run.

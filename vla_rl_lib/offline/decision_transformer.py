@@ -21,7 +21,7 @@ through the ``observe_reward`` hook that ``Trainer.evaluate`` calls after every 
 Returns-to-go enter the network divided by ``reward_scale`` (1000 for the MuJoCo locomotion tasks,
 as in the paper; the default). ``target_return`` defaults to the 90th percentile of the
 dataset's episode returns (a high return the data shows is reachable; the single best episode can be
-a lucky start, see docs/offline_td3bc_dt.md). States are always normalised with the dataset mean and std (as the paper's code does);
+a lucky start, see docs/offline.md). States are always normalised with the dataset mean and std (as the paper's code does);
 actions are predicted in [-1, 1] (tanh head) and mapped to the environment's bounds.
 
 The policy (``trainer.policy``, a :class:`DecisionTransformerPolicy`) keeps its context inside:
