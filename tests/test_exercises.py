@@ -118,7 +118,7 @@ def test_grader_grades_mixed_submissions(tmp_path):
         (subs / name).mkdir(parents=True)
         nbformat.write(_assignment(cells), subs / name / "hw.ipynb")
     (subs / "frank").mkdir()                                                            # submitted nothing
-    out = grading.grade(subs, tmp_path / "grades.csv", timeout=40, source=source)
+    out = grading.grade(subs, tmp_path / "grades.csv", timeout=60, source=source)
     rows = {r["student"]: r for r in csv.DictReader(open(out))}
     got = {s: (int(r["k3_kl"]), int(r["returns_to_go"]), int(r["total"]), int(r["max"])) for s, r in rows.items()}
     assert got == {"alice": (1, 1, 2, 2), "bob": (0, 1, 1, 2), "carol": (1, 1, 2, 2), "dave": (1, 0, 1, 2),
