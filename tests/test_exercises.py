@@ -99,6 +99,7 @@ K3_OK = "import torch\nfrom vla_rl_lib import exercises\ndef k3_kl(log_probs, re
 K3_CHECK = "exercises.check_k3_kl(k3_kl)"
 RTG_OK = "import numpy as np\ndef returns_to_go(rewards):\n    return np.cumsum(rewards[::-1])[::-1].copy()"
 RTG_CHECK = "exercises.check_returns_to_go(returns_to_go)"
+RTG_LOOPS = "def returns_to_go(rewards):\n    while True:\n        pass"
 
 
 @pytest.mark.slow
@@ -111,7 +112,7 @@ def test_grader_grades_mixed_submissions(tmp_path):
         "alice": [K3_OK, K3_CHECK, RTG_OK, RTG_CHECK],                                  # everything right
         "bob": [K3_OK.replace("- 1", ""), K3_CHECK, RTG_OK, RTG_CHECK],                 # k3 wrong
         "carol": ["raise RuntimeError('boom')", K3_OK, K3_CHECK, RTG_OK, RTG_CHECK],    # a crashing cell first
-        "dave": [K3_OK, K3_CHECK, "while True:\n    pass", RTG_OK, RTG_CHECK],          # loops forever after k3
+        "dave": [K3_OK, K3_CHECK, RTG_LOOPS, RTG_CHECK],                                # rtg loops forever
         "erin": [K3_OK, RTG_OK, RTG_CHECK],                                             # deleted the k3 check cell
     }
     for name, cells in students.items():
@@ -125,7 +126,7 @@ def test_grader_grades_mixed_submissions(tmp_path):
                    "erin": (0, 1, 1, 2), "frank": (0, 0, 0, 2)}
     assert rows["alice"]["error"] == ""
     assert "RuntimeError" in rows["carol"]["error"]
-    assert rows["dave"]["error"]          # the timed-out cell is reported
+    assert rows["dave"]["error"]          # the timed-out cell is reported; the other exercise still counts
     assert "missing" in rows["frank"]["error"]
 
 
