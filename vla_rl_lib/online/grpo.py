@@ -36,9 +36,8 @@ import torch.nn as nn
 from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import without_distribution_checks
-from vla_rl_lib.online.rollout import (as_stochastic, check_policy, concat_obs,
-                                       default_policy, frozen_copy, index_obs, load_model_policy, make_adam,
-                                       obs_to_tensor, same_obs, stack_obs)
+from vla_rl_lib.online.rollout import (check_policy, concat_obs, frozen_copy, index_obs, make_adam, obs_to_tensor,
+                                       resolve_policy, same_obs, stack_obs)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["GRPOTrainer", "group_relative_advantages", "combine_objectives", "k3_kl", "grpo_loss"]
@@ -106,13 +105,7 @@ class GRPOTrainer(OnlineTrainer):
                  callbacks: Optional[Iterable] = None, use_wandb: bool = False, progress_bar: bool = False):
         super().__init__(env, config, policy, callbacks, use_wandb, progress_bar)
         cfg = self.config
-        if policy is None and cfg.model_path:
-            policy = load_model_policy(cfg.model_path, self.device, self.observation_space, self.action_space)
-        if policy is None:
-            policy = default_policy(self.observation_space, self.action_space, cfg.hidden_dim)
-        else:
-            policy = as_stochastic(policy)
-        policy = policy.to(self.device)
+        policy = resolve_policy(policy, cfg, self.device, self.observation_space, self.action_space)
         # one plain env per rollout of an iteration: only unfinished episodes are stepped
         self.rollout_envs = self._make_rollout_envs(env)
         self._max_steps = self._episode_limit(self.rollout_envs[0])

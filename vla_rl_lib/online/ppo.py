@@ -50,10 +50,9 @@ import torch.nn as nn
 from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.nets import ValueNetwork, without_distribution_checks
-from vla_rl_lib.online.rollout import (RewardScaler, RolloutBuffer, RunningMeanStd,
-                                       as_stochastic, autoreset_mode, check_policy, compute_gae, default_policy,
-                                       explained_variance, final_observations, index_obs, load_model_policy, make_adam, obs_to_tensor,
-                                       same_step_envs)
+from vla_rl_lib.online.rollout import (autoreset_mode, check_policy, compute_gae, explained_variance,
+                                       final_observations, index_obs, make_adam, obs_to_tensor, resolve_policy,
+                                       RewardScaler, RolloutBuffer, RunningMeanStd, same_step_envs)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["PPOTrainer", "clipped_surrogate", "value_loss"]
@@ -94,13 +93,7 @@ class PPOTrainer(OnlineTrainer):
         super().__init__(env, config, policy, callbacks, use_wandb, progress_bar)
         self.envs = same_step_envs(self.envs, env, self.env_id, self._make_env)
         cfg = self.config
-        if policy is None and cfg.model_path:
-            policy = load_model_policy(cfg.model_path, self.device, self.observation_space, self.action_space)
-        if policy is None:
-            policy = default_policy(self.observation_space, self.action_space, cfg.hidden_dim)
-        else:
-            policy = as_stochastic(policy)
-        policy = policy.to(self.device)
+        policy = resolve_policy(policy, cfg, self.device, self.observation_space, self.action_space)
         self._reset_envs()
         check_policy(policy, self.observation_space, self.action_space, self.device,
                      example_obs=index_obs(self._next_obs, [0]))

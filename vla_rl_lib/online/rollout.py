@@ -367,6 +367,18 @@ class GaussianExploration(DistributionPolicy):
         return Normal(mean, std)
 
 
+def resolve_policy(policy, config, device, observation_space, action_space) -> nn.Module:
+    """The policy an on-policy trainer optimises: the one given (made stochastic when it is
+    deterministic), else one loaded from ``config.model_path``, else the default MLP for the spaces."""
+    if policy is None and config.model_path:
+        policy = load_model_policy(config.model_path, device, observation_space, action_space)
+    if policy is None:
+        policy = default_policy(observation_space, action_space, config.hidden_dim)
+    else:
+        policy = as_stochastic(policy)
+    return policy.to(device)
+
+
 def as_stochastic(policy: nn.Module, log_std_init: float = -1.0) -> nn.Module:
     """Return ``policy`` if it gives action log-likelihoods, else wrap a deterministic
     :class:`~vla_rl_lib.nets.Policy` in :class:`GaussianExploration`."""
