@@ -101,10 +101,18 @@ class Step:
     def __init__(self, driver, name: str):
         self.driver, self.name, self.shots = driver, name, []
 
-    def shot(self, label: str, element=None) -> Path:
+    def shot(self, label: str, element=None, png: bytes | None = None) -> Path:
+        """Save ``png`` if given, else a screenshot of ``element`` (the page if it was redrawn meanwhile)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
         path = ARTIFACTS / f"{self.name}--{len(self.shots):02d}-{label}.png"
-        if element is not None:
-            element.screenshot(str(path))
+        if png is not None:
+            path.write_bytes(png)
+        elif element is not None:
+            try:
+                element.screenshot(str(path))
+            except StaleElementReferenceException:        # a live output replaced it: take the page
+                self.driver.save_screenshot(str(path))
         else:
             self.driver.save_screenshot(str(path))
         self.shots.append(path)

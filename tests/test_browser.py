@@ -74,10 +74,10 @@ def _run_and_watch_plot(driver, step: Step, timeout: float) -> None:
             if png:
                 if first is None:
                     first = png
-                    step.shot("plot-first", images[0])
+                    step.shot("plot-first", png=png)
                 elif png != first:
                     changed = True
-                    step.shot("plot-later", images[0])
+                    step.shot("plot-later", png=png)
                     break
         if first is None and not driver.execute_script(
                 "return document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt').length"):
