@@ -54,7 +54,7 @@ CORL_LAST = {"iql": 67.53, "cql": 59.08, "td3_bc": 60.37, "dt": 65.10}  # CORL, 
 def make_trainer(method: str, obs_dim: int, act_dim: int, args, seed: int, out: Path):
     common = dict(num_epochs=1, steps_per_epoch=args.steps, eval_episodes=0, save_freq=0, eval_freq=0,
                   log_freq=args.log_freq, hidden_dim=args.hidden, batch_size=args.batch_size, device="cpu",
-                  normalize_states=True, seed=seed, output_dir=str(out))
+                  normalize_states=True, seed=seed, output_dir=str(out), precision=args.precision)
     if method == "iql":
         from vla_rl_lib.offline.iql import IQLTrainer
 
@@ -189,8 +189,8 @@ def raw_cql(t, buffer, steps, gen):
         with torch.no_grad():
             na, _ = actor.sample(nraw)
             y = b["rewards"] + gamma * (1 - b["dones"]) * qft(nobs, na).min(0).values
-            pa, plog = actor.sample(raw.repeat_interleave(n, 0))
-            npa, nplog = actor.sample(nraw.repeat_interleave(n, 0))
+            pa, plog = actor.sample(raw, num_samples=n)
+            npa, nplog = actor.sample(nraw, num_samples=n)
             ra = torch.rand(bs * n, act_dim) * 2 - 1
         q = qf(torch.cat([obs, obs.repeat_interleave(n, 0).repeat(3, 1)]), torch.cat([a, ra, pa, npa]))
         qd = q[:, :bs]
@@ -224,7 +224,7 @@ def raw_td3_bc(t, buffer, steps, gen):
         if (step + 1) % 2 == 0:
             pi = pol.scale_action(pol.net(obs))
             q.requires_grad_(False)
-            q_pi = q(obs, pi)[0]
+            q_pi = q(obs, pi, members=slice(0, 1))[0]
             lmbda = alpha / q_pi.abs().mean().detach()
             loss = -lmbda * q_pi.mean() + (pi - a).pow(2).mean()
             t.actor_optimizer.zero_grad(set_to_none=True)
@@ -264,9 +264,10 @@ def run_raw(method, data, obs_dim, act_dim, args, workdir) -> dict:
     trainer.attach_buffer(buffer)  # the same normaliser, bounds and (DT) episode index as the trainer's
     gen = torch.Generator().manual_seed(0)
     steps = args.raw_steps or args.steps
-    RAW[method](trainer, trainer.buffer, 1, gen)  # warm-up step, as the others' clocks start after step 1
-    start, cpu = time.perf_counter(), time.process_time()
-    RAW[method](trainer, trainer.buffer, steps - 1, gen)
+    with trainer.autocast():  # the same precision as the trainer's updates
+        RAW[method](trainer, trainer.buffer, 1, gen)  # warm-up step, as the others' clocks start after step 1
+        start, cpu = time.perf_counter(), time.process_time()
+        RAW[method](trainer, trainer.buffer, steps - 1, gen)
     return {"steps_per_second": (steps - 1) / (time.perf_counter() - start),
             "cpu_steps_per_second": (steps - 1) / max(time.process_time() - cpu, 1e-9), "steps": steps}
 
@@ -322,6 +323,8 @@ def main(argv=None) -> int:
     p.add_argument("--dt-learning-rate", type=float, default=1e-4)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--log-freq", type=int, default=1000, help="the kit trainer's log_freq (metrics.csv rows)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="the kit's (and the raw loop's) matmul precision; d3rlpy always runs float32")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every contestant")
     p.add_argument("--d3rlpy-python", default="/work/venv-d3rlpy/bin/python")
     p.add_argument("--no-d3rlpy", action="store_true")
@@ -339,9 +342,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.dataset} names no environment to evaluate on")
     obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
     print(f"dataset {name}: {len(data['observations'])} rows, obs {obs_dim}, act {act_dim}, evaluated on {env_id}; "
-          f"{args.steps} steps, seeds {seeds}, {args.eval_episodes} episodes, torch threads {args.threads}", flush=True)
+          f"{args.steps} steps, seeds {seeds}, {args.eval_episodes} episodes, torch threads {args.threads}, kit precision {args.precision}", flush=True)
 
-    results: dict = {"dataset": name, "env_id": env_id, "steps": args.steps, "seeds": seeds, "methods": {}}
+    results: dict = {"dataset": name, "env_id": env_id, "steps": args.steps, "precision": args.precision, "seeds": seeds, "methods": {}}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         npz = workdir / "data.npz"

@@ -20,6 +20,7 @@ Networks know no training loop.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Optional, Sequence
@@ -31,6 +32,32 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, Distribution, Normal
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class OutputLinear(nn.Linear):
+    """The last layer of a network: computed in float32 even under bf16 autocast.
+
+    Under ``OfflineRLConfig.precision="bf16"`` the hidden layers' matmuls run in bfloat16 (about
+    2.4x faster on CPUs with native bf16), but a bfloat16 output has 8 significant bits: a Q-value
+    of 300 would be rounded to a multiple of 2, far coarser than the TD errors being learnt. The
+    output layer (and everything after it) therefore stays in float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def adam(params, lr: float, eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False):
+    """Adam (AdamW with ``decoupled=True``) with torch's fused kernel where it is available: one
+    op per step instead of a dozen per tensor, several times faster for small networks on a CPU."""
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    params = list(params)
+    try:
+        return cls(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, lr=lr, eps=eps, weight_decay=weight_decay)
 
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256), activation: type[nn.Module] = nn.ReLU,
@@ -47,7 +74,7 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256), activatio
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         last = width
-    layers.append(nn.Linear(last, out_dim))
+    layers.append(OutputLinear(last, out_dim))
     if output_activation is not None:
         layers.append(output_activation())
     return nn.Sequential(*layers)
@@ -257,9 +284,16 @@ class TanhGaussianPolicy(Policy):
         mean, log_std = self.trunk(self.normalize(obs)).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def sample(self, obs, deterministic: bool = False):
-        """Reparameterised sample: returns (action in [-1, 1], log_prob)."""
+    def sample(self, obs, deterministic: bool = False, num_samples: Optional[int] = None):
+        """Reparameterised sample: returns (action in [-1, 1], log_prob).
+
+        ``num_samples=N`` draws ``N`` actions per state from one pass of the network: rows
+        ``b * N ... b * N + N - 1`` of the ``(B * N, |A|)`` result belong to ``obs[b]``."""
         mean, log_std = self._mean_log_std(obs)
+        if num_samples is not None:
+            shape = (mean.shape[0] * num_samples, mean.shape[1])
+            mean = mean.unsqueeze(1).expand(-1, num_samples, -1).reshape(shape)
+            log_std = log_std.unsqueeze(1).expand(-1, num_samples, -1).reshape(shape)
         if deterministic:
             u = mean
         else:
@@ -333,8 +367,9 @@ class ValueNetwork(nn.Module):
 class EnsembleLinear(nn.Module):
     """``n`` independent linear layers evaluated in one batched matmul."""
 
-    def __init__(self, n: int, in_dim: int, out_dim: int):
+    def __init__(self, n: int, in_dim: int, out_dim: int, float32_output: bool = False):
         super().__init__()
+        self.float32_output = float32_output  # an output layer: float32 even under autocast (see OutputLinear)
         self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
         bound = 1 / math.sqrt(in_dim)
@@ -342,10 +377,30 @@ class EnsembleLinear(nn.Module):
             nn.init.kaiming_uniform_(self.weight.data[i].T, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x):  # x: (n, B, in_dim) or (B, in_dim)
+    def forward(self, x, members: Optional[slice] = None):
+        """``x``: ``(n, B, in_dim)``, or ``(B, in_dim)`` shared by all members; ``members`` selects some."""
+        weight, bias = self.weight, self.bias
+        if members is not None:
+            weight, bias = weight[members], bias[members]
+            if x.dim() == 3 and x.shape[0] != weight.shape[0]:
+                x = x[members]
         if x.dim() == 2:
-            return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape), self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
+            x = x.expand(weight.shape[0], *x.shape)
+        with self._precision(x) as x:
+            return torch.baddbmm(bias, x, weight)
+
+    def member(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Member ``i`` alone on ``x (B, in_dim)``: one 2-D matmul."""
+        with self._precision(x) as x:
+            return torch.addmm(self.bias[i, 0], x, self.weight[i])
+
+    @contextlib.contextmanager
+    def _precision(self, x):
+        if self.float32_output and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                yield x.float()
+        else:
+            yield x
 
 
 class QEnsemble(nn.Module):
@@ -360,9 +415,26 @@ class QEnsemble(nn.Module):
             if layer_norm:
                 layers.append(nn.LayerNorm(b))
             layers.append(activation())
-        layers.append(EnsembleLinear(n, dims[-1], 1))
+        layers.append(EnsembleLinear(n, dims[-1], 1, float32_output=True))
         self.net = nn.Sequential(*layers)
         self.n = n
 
-    def forward(self, obs, actions):
-        return self.net(torch.cat([obs, actions], dim=-1)).squeeze(-1)
+    # from this many rows on, one 2-D matmul per member beats the batched matmul (whose backward
+    # copies its transposed operands): 30% faster at CQL's 7,936 rows, 15% slower at 256
+    LOOP_ROWS = 2048
+
+    def forward(self, obs, actions, members: Optional[slice] = None):
+        """``(n, B)`` Q-values; ``members=slice(0, 1)`` computes only the first critic (``(1, B)``)."""
+        x = torch.cat([obs, actions], dim=-1)
+        if x.dim() == 2 and x.shape[0] >= self.LOOP_ROWS:
+            return torch.stack([self._member(x, i) for i in range(self.n)[members or slice(None)]])
+        if members is None:
+            return self.net(x).squeeze(-1)
+        for layer in self.net:
+            x = layer(x, members) if isinstance(layer, EnsembleLinear) else layer(x)
+        return x.squeeze(-1)
+
+    def _member(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        for layer in self.net:
+            x = layer.member(x, i) if isinstance(layer, EnsembleLinear) else layer(x)
+        return x.squeeze(-1)

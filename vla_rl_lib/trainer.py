@@ -18,6 +18,7 @@ run continues the same run.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import math
@@ -423,6 +424,13 @@ class Trainer:
         return freq > 0 and now // freq > prev // freq
 
 
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` computes bfloat16 matmuls natively (and so faster than float32)."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class OfflineTrainer(Trainer):
     """Base of IQL, CQL, TD3+BC and the Decision Transformer.
 
@@ -561,12 +569,15 @@ class OfflineTrainer(Trainer):
         self._begin(callbacks)
         cfg = self.config
         device = self.device
+        precision = self.autocast()
 
         def step():
             batch = self.buffer.sample(cfg.batch_size, generator=self.sample_generator)
             if self.buffer.device != device:
                 batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            self._accumulate(self.update(batch))
+            with precision:
+                metrics = self.update(batch)
+            self._accumulate(metrics)
             self.global_step += 1
 
         spe = cfg.steps_per_epoch
@@ -582,6 +593,20 @@ class OfflineTrainer(Trainer):
                 self.save()
 
         return self._run(step, boundaries)
+
+    def autocast(self):
+        """The context ``update`` runs in: bfloat16 autocast for ``config.precision="bf16"``, else nothing.
+
+        Weights, optimiser state and the networks' output layers stay float32 (``nets.OutputLinear``);
+        evaluation and ``predict`` always run in float32."""
+        if self.config.precision != "bf16":
+            return contextlib.nullcontext()
+        kind = self.device.type
+        if not native_bf16(kind):
+            raise ConfigError(f"precision='bf16' needs native bfloat16 on the {kind} device (a CPU with "
+                              "AVX512-BF16 or AMX, or an Ampere or newer GPU); without it bf16 is slower than "
+                              "float32. Use precision='fp32'.")
+        return torch.autocast(kind, dtype=torch.bfloat16)
 
     def _flush_check(self) -> None:
         """Check pending metrics before a checkpoint so a diverged network is never saved."""

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
-from vla_rl_lib.nets import Policy, QEnsemble, TanhGaussianPolicy, soft_update, without_distribution_checks
+from vla_rl_lib.nets import Policy, QEnsemble, adam, TanhGaussianPolicy, soft_update, without_distribution_checks
 from vla_rl_lib.offline.iql import q_loss
 from vla_rl_lib.trainer import OfflineTrainer
 from vla_rl_lib.errors import ConfigError
@@ -141,13 +141,13 @@ class CQLTrainer(OfflineTrainer):
         self.actor = TanhGaussianPolicy(obs_dim, action_dim, hidden).to(self.device)
         self.qf = QEnsemble(obs_dim, action_dim, hidden, n=hpar.num_critics).to(self.device)
         self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, weight_decay=cfg.weight_decay)
-        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.actor_optimizer = adam(self.actor.parameters(), actor_lr, weight_decay=cfg.weight_decay)
+        self.q_optimizer = adam(self.qf.parameters(), cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.target_entropy = float(-action_dim if hpar.target_entropy is None else hpar.target_entropy)
         self.log_alpha = Scalar(0.0 if hpar.alpha is None else math.log(max(hpar.alpha, 1e-30))).to(self.device)
-        self.alpha_optimizer = torch.optim.Adam(self.log_alpha.parameters(), lr=actor_lr) if hpar.alpha is None else None
+        self.alpha_optimizer = adam(self.log_alpha.parameters(), actor_lr) if hpar.alpha is None else None
         self.log_alpha_prime = Scalar(0.0).to(self.device)
-        self.alpha_prime_optimizer = (torch.optim.Adam(self.log_alpha_prime.parameters(), lr=cfg.learning_rate)
+        self.alpha_prime_optimizer = (adam(self.log_alpha_prime.parameters(), cfg.learning_rate)
                                       if hpar.cql_lagrange else None)
         self._random_generator = None
 
@@ -200,11 +200,10 @@ class CQLTrainer(OfflineTrainer):
             td_target = rewards + cfg.discount_gamma * (1.0 - dones) * target_q
 
             # actions for the log-sum-exp: N uniform, N from pi(.|s), N from pi(.|s'); all scored at s
-            obs_rep = obs_raw.repeat_interleave(n_samples, dim=0)
-            next_rep = next_raw.repeat_interleave(n_samples, dim=0)
+            # (one actor pass per state, N samples from it; rows b*N .. b*N+N-1 belong to state b)
             random_actions = torch.rand(batch_size * n_samples, act_dim, device=obs.device) * 2 - 1
-            pi_actions, pi_log = self.actor.sample(obs_rep)
-            next_pi_actions, next_pi_log = self.actor.sample(next_rep)
+            pi_actions, pi_log = self.actor.sample(obs_raw, num_samples=n_samples)
+            next_pi_actions, next_pi_log = self.actor.sample(next_raw, num_samples=n_samples)
 
         # 3. critics: one fused forward over data, uniform and policy actions
         obs_all = torch.cat([obs, obs.repeat_interleave(n_samples, dim=0).repeat(3, 1)])

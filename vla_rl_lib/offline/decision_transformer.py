@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from vla_rl_lib.config import ConfigBase, hp
 from vla_rl_lib.errors import ConfigError, DatasetError
-from vla_rl_lib.nets import Policy
+from vla_rl_lib.nets import OutputLinear, Policy, adam
 from vla_rl_lib.trainer import OfflineTrainer
 
 __all__ = ["DTHyperparameters", "DecisionTransformerTrainer", "DecisionTransformer", "DecisionTransformerPolicy",
@@ -137,7 +137,7 @@ class DecisionTransformer(nn.Module):
         self.emb_drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(CausalSelfAttentionBlock(embed_dim, n_head, dropout) for _ in range(n_layer))
         self.out_ln = nn.LayerNorm(embed_dim)
-        self.action_head = nn.Sequential(nn.Linear(embed_dim, action_dim), nn.Tanh())
+        self.action_head = nn.Sequential(OutputLinear(embed_dim, action_dim), nn.Tanh())
         self.apply(self._init_weights)
 
     @staticmethod
@@ -304,8 +304,8 @@ class DecisionTransformerTrainer(OfflineTrainer):
         self.policy = DecisionTransformerPolicy(
             self.obs_dim, self.action_dim, h.context_length, h.n_layer, h.n_head, h.embed_dim, h.dropout,
             h.max_ep_len, h.reward_scale, target_return=h.target_return or 0.0).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.learning_rate,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = adam(self.policy.parameters(), cfg.learning_rate, weight_decay=cfg.weight_decay,
+                              decoupled=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(h.warmup_steps))
 
     # -- dataset --------------------------------------------------------------------------------

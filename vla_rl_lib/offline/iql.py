@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
-from vla_rl_lib.nets import (DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, soft_update,
+from vla_rl_lib.nets import (DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, adam, soft_update,
                              without_distribution_checks)
 from vla_rl_lib.trainer import OfflineTrainer
 
@@ -131,10 +131,9 @@ class IQLTrainer(OfflineTrainer):
         self.qf = QEnsemble(obs_dim, action_dim, hidden, n=hpar.num_critics).to(self.device)
         self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
         self.vf = ValueNetwork(obs_dim, hidden).to(self.device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.learning_rate,
-                                                weight_decay=cfg.weight_decay)
-        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.v_optimizer = torch.optim.Adam(self.vf.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.actor_optimizer = adam(self.actor.parameters(), cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.q_optimizer = adam(self.qf.parameters(), cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.v_optimizer = adam(self.vf.parameters(), cfg.learning_rate, weight_decay=cfg.weight_decay)
         if hpar.actor_lr_schedule == "cosine":
             self.actor_lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optimizer, self.total_steps)
         else:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_rl_lib.config import ConfigBase, hp
-from vla_rl_lib.nets import DeterministicPolicy, QEnsemble, soft_update
+from vla_rl_lib.nets import DeterministicPolicy, QEnsemble, adam, soft_update
 from vla_rl_lib.trainer import OfflineTrainer
 
 __all__ = ["TD3BCHyperparameters", "TD3BCTrainer", "td3_target", "critic_loss", "td3_bc_actor_loss"]
@@ -119,10 +119,8 @@ class TD3BCTrainer(OfflineTrainer):
         self.actor_target = copy.deepcopy(self.policy).requires_grad_(False)
         self.critic = QEnsemble(self.obs_dim, self.action_dim, hidden, n=2).to(dev)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate,
-                                                weight_decay=cfg.weight_decay)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.learning_rate,
-                                                 weight_decay=cfg.weight_decay)
+        self.actor_optimizer = adam(self.policy.parameters(), cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.critic_optimizer = adam(self.critic.parameters(), cfg.learning_rate, weight_decay=cfg.weight_decay)
         # the buffer stores observations already normalised (OfflineReplayBuffer(normalize_states=True))
         self._prenormalized = False
         self._actor_metrics: dict = {}
@@ -164,7 +162,7 @@ class TD3BCTrainer(OfflineTrainer):
         if (self.global_step + 1) % hp_.policy_delay == 0:
             pi = policy.scale_action(policy.net(obs))
             self.critic.requires_grad_(False)  # the actor loss moves only the actor
-            q_pi = self.critic(obs, pi)[0]
+            q_pi = self.critic(obs, pi, members=slice(0, 1))[0]  # Q_1 only
             loss, bc, lmbda = td3_bc_actor_loss(q_pi, pi, actions, hp_.alpha)
             self.actor_optimizer.zero_grad(set_to_none=True)
             loss.backward()

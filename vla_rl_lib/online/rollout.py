@@ -34,7 +34,7 @@ import torch.nn as nn
 from torch.distributions import Normal
 
 from vla_rl_lib.errors import IncompatibleError, MissingDependencyError
-from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, DistributionPolicy, GaussianPolicy, Policy
+from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, DistributionPolicy, GaussianPolicy, Policy, adam
 
 Obs = Any  # np.ndarray (B, ...) or dict[str, np.ndarray | list[str]]
 
@@ -152,11 +152,7 @@ def same_step_envs(envs, given, env_id, make_env):
 
 def make_adam(params, lr: float) -> torch.optim.Optimizer:
     """Adam with ``eps=1e-5`` (the PPO implementation detail), fused where torch supports it."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, eps=1e-5, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, eps=1e-5)
+    return adam(params, lr, eps=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
