@@ -138,6 +138,14 @@ def test_panel_controls_come_from_the_dataclasses():
     ppo = HyperparameterPanel("ppo", env="CartPole-v1")
     assert isinstance(ppo.controls["ppo_clip_range"], w.FloatSlider)
     assert ppo.controls["ppo_clip_range"].max == pytest.approx(0.5)
+    # each online panel shows its own knobs, not the other algorithms'
+    assert not {"buffer_size", "learning_starts", "group_size", "kl_coef"} & set(ppo.controls)
+    sac = HyperparameterPanel("sac", env="Pendulum-v1")
+    assert {"buffer_size", "learning_starts", "tau"} <= set(sac.controls)
+    assert not {"ppo_epochs", "rollout_steps", "ppo_max_grad_norm", "group_size"} & set(sac.controls)
+    grpo = HyperparameterPanel("grpo", env="CartPole-v1")
+    assert {"group_size", "kl_coef", "ppo_max_grad_norm"} <= set(grpo.controls)
+    assert not {"ppo_epochs", "buffer_size"} & set(grpo.controls)
     with pytest.raises(ConfigError):
         ppo.set(not_a_field=1)
     with pytest.raises(ConfigError):

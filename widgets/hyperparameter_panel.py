@@ -29,6 +29,13 @@ _MAIN_CONFIG = {"num_epochs", "steps_per_epoch", "batch_size", "learning_rate", 
                 "tau", "total_timesteps", "rollout_steps", "num_envs", "ppo_epochs", "ppo_clip_range",
                 "ppo_gae_lambda", "ppo_entropy_coef", "learning_starts", "buffer_size", "group_size",
                 "num_groups", "num_iterations", "kl_coef", "clip_range", "eval_episodes", "seed", "dataset", "env"}
+# RLConfig fields that only some online algorithms read: a PPO panel shows no SAC or GRPO knobs
+_PPO = ("rollout_steps", "ppo_epochs", "ppo_clip_range", "ppo_gae_lambda", "ppo_value_coef", "ppo_entropy_coef",
+        "ppo_clip_range_vf", "ppo_anneal_lr", "ppo_normalize_obs", "ppo_normalize_reward")
+_SAC = ("buffer_size", "learning_starts", "tau", "alpha", "gradient_steps")
+_GRPO = ("group_size", "num_groups", "num_iterations", "kl_coef", "clip_range", "grpo_epochs")
+_READ_BY = {**{n: {"ppo"} for n in _PPO}, **{n: {"sac"} for n in _SAC}, **{n: {"grpo"} for n in _GRPO},
+            "ppo_max_grad_norm": {"ppo", "grpo"}}
 _STYLE = {"description_width": "150px"}
 _LAYOUT = dict(width="440px")
 
@@ -135,7 +142,8 @@ class HyperparameterPanel(w.VBox):
             overrides["env"] = env
         if eval_episodes is not None:
             overrides["eval_episodes"] = eval_episodes
-        self.config_info = {i["name"]: i for i in self.config_class.field_info() if i["name"] not in _HIDDEN}
+        self.config_info = {i["name"]: i for i in self.config_class.field_info() if i["name"] not in _HIDDEN
+                            and (self.offline or self.algorithm in _READ_BY.get(i["name"], {self.algorithm}))}
         hp_cls = self.trainer_class.Hyperparameters
         self.hparam_info = {i["name"]: i for i in hp_cls.field_info()} if hp_cls is not None else {}
         bad = sorted(set(overrides) - set(self.config_info)) + sorted(set(hparams or {}) - set(self.hparam_info))

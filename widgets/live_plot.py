@@ -132,7 +132,7 @@ class LivePlot(Callback):
         for key, label, style in (("mean_reward", "training episodes", "-"), ("eval/mean_reward", "evaluation", "o-")):
             xs, ys = self.series(key)
             if xs:
-                ax.plot(xs, ys, style, label=label, markersize=4)
+                ax.plot(xs, ys, style if len(xs) > 1 else "o", label=label, markersize=4)  # one point: a dot
                 drew = True
         if drew:
             ax.legend(fontsize=7)
@@ -146,7 +146,7 @@ class LivePlot(Callback):
             xs, ys = self.series(key)
             low, high, _ = ranges.get(key, (None, None, ""))
             outside = bool(ys) and low is not None and high is not None and not (low <= ys[-1] <= high)
-            ax.plot(xs, ys, "-", color="C3" if outside else "C1")
+            ax.plot(xs, ys, "-" if len(xs) > 1 else "o", color="C3" if outside else "C1", markersize=4)
             title = key
             if low is not None and high is not None:
                 title = f"{key} (expected {low:g} to {high:g})"
