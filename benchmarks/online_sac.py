@@ -47,17 +47,19 @@ def run_kit(env_id: str, steps: int, seed: int, args) -> dict:
     from vla_rl_lib.config import RLConfig
     from vla_rl_lib.online.sac import SACTrainer
 
-    cfg = RLConfig(algorithm="sac", env=env_id, total_timesteps=steps, alpha="auto", eval_freq=0,
+    cfg = RLConfig(algorithm="sac", env=env_id, total_timesteps=steps, alpha="auto", eval_freq=args.curve_every,
                    eval_episodes=args.eval_episodes, save_freq=0, log_freq=1000, seed=seed,
                    output_dir=str(Path(args.output_dir) / f"kit_{env_id}_{seed}"), device="cpu", **_hp(args))
     trainer = SACTrainer(env=env_id, config=cfg)
-    clock = {}
+    clock, curve = {}, []
 
     class Clock:
         def on_train_start(self, t): return None
         def on_log(self, t, m): return None
-        def on_evaluation(self, t, r): return None
         def on_train_end(self, t): return None
+
+        def on_evaluation(self, t, r):
+            curve.append((t.global_step, round(float(r["mean_reward"]), 1)))
 
         def on_step(self, t):
             if "t0" not in clock and t.global_step > args.learning_starts:
@@ -73,7 +75,8 @@ def run_kit(env_id: str, steps: int, seed: int, args) -> dict:
     cpu_sps = (clock["n1"] - clock["n0"]) / (clock["c1"] - clock["c0"])
     return {"library": "kit", "env": env_id, "seed": seed, "steps": trainer.global_step,
             "mean_reward": ev["mean_reward"], "std_reward": ev["std_reward"], "learn_steps_per_second": sps,
-            "learn_steps_per_cpu_second": cpu_sps, "total_seconds": total}
+            "learn_steps_per_cpu_second": cpu_sps, "total_seconds": total,
+            **({"curve": curve, "note": "speed includes the periodic evaluations"} if args.curve_every else {})}
 
 
 def run_sb3(env_id: str, steps: int, seed: int, args) -> dict:
@@ -253,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-size", type=int, default=1_000_000)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--raw-updates", type=int, default=1000)
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="kit: evaluate every this many steps and report the learning curve (its speed then "
+                        "includes the evaluations); 0: evaluate once at the end")
     p.add_argument("--sb3-python", default=DEFAULT_SB3_PYTHON)
     p.add_argument("--no-sb3", action="store_true")
     p.add_argument("--libraries", nargs="+", choices=("kit", "sb3", "raw"), default=None,
