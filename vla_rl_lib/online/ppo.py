@@ -52,7 +52,7 @@ from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.nets import ValueNetwork, without_distribution_checks
 from vla_rl_lib.online.rollout import (autoreset_mode, check_policy, compute_gae, explained_variance,
                                        final_observations, index_obs, make_adam, obs_to_tensor, resolve_policy,
-                                       RewardScaler, RolloutBuffer, RunningMeanStd, same_step_envs)
+                                       RewardScaler, RolloutBuffer, rollout_envs, RunningMeanStd, slice_obs)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["PPOTrainer", "clipped_surrogate", "value_loss"]
@@ -82,6 +82,37 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return loss.mean()
 
 
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """Per-minibatch advantage normalisation ``(A - mean A) / (std A + 1e-8)``."""
+    std, mean = torch.std_mean(advantages)
+    return (advantages - mean) / (std + 1e-8)
+
+
+def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
+    """Scale all gradients by ``min(1, max_norm / (||g|| + 1e-6))``, ``||g||`` their global L2 norm
+    (``torch.nn.utils.clip_grad_norm_``'s rule, in four ops)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
+
+
+@torch.no_grad()
+def kl_and_clip_fraction(log_ratios: list, clip_range: float) -> dict:
+    """Diagnostics averaged over the updates of one ``learn``, from each update's ``log r_t``:
+    ``approx_kl = mean_t[(r_t - 1) - log r_t]`` (Schulman's k3 estimate of KL[pi_old || pi]) and
+    the fraction of ``|r_t - 1| > clip_range``."""
+    kl, clipped = [], []
+    for size in sorted({x.numel() for x in log_ratios}):  # minibatches of one size stack into a matrix
+        log_ratio = torch.stack([x for x in log_ratios if x.numel() == size])
+        ratio = log_ratio.exp()
+        kl.append(((ratio - 1) - log_ratio).mean(1))
+        clipped.append(((ratio - 1).abs() > clip_range).float().mean(1))
+    return {"approx_kl": torch.cat(kl).mean().item(), "clip_fraction": torch.cat(clipped).mean().item()}
+
+
 class PPOTrainer(OnlineTrainer):
     """PPO (see the module docstring). ``PPOTrainer(env, config=RLConfig(...), policy=None)``."""
 
@@ -91,7 +122,7 @@ class PPOTrainer(OnlineTrainer):
     def __init__(self, env=None, config: Optional[RLConfig] = None, policy: Optional[nn.Module] = None,
                  callbacks: Optional[Iterable] = None, use_wandb: bool = False, progress_bar: bool = False):
         super().__init__(env, config, policy, callbacks, use_wandb, progress_bar)
-        self.envs = same_step_envs(self.envs, env, self.env_id, self._make_env)
+        self.envs = rollout_envs(self.envs, env, self.env_id, self._make_env)
         cfg = self.config
         policy = resolve_policy(policy, cfg, self.device, self.observation_space, self.action_space)
         self._reset_envs()
@@ -236,43 +267,49 @@ class PPOTrainer(OnlineTrainer):
         cfg, buf = self.config, self.buffer
         advantages, returns = compute_gae(buf.rewards, buf.values, buf.next_values, buf.terminations, buf.dones,
                                           cfg.discount_gamma, cfg.ppo_gae_lambda)
-        obs = buf.flat_obs()
         n = buf.steps * buf.num_envs
-        actions = buf.actions.reshape(n, *buf.actions.shape[2:])
-        old_log_probs, old_values = buf.log_probs.reshape(n), buf.values.reshape(n)
-        advantages, returns = advantages.reshape(n), returns.reshape(n)
-        keep = torch.nonzero(buf.valid.reshape(n)).squeeze(1)
-        size = keep.numel()
+        data = {"obs": buf.flat_obs(), "actions": buf.actions.reshape(n, *buf.actions.shape[2:]),
+                "old_log_probs": buf.log_probs.reshape(n), "old_values": buf.values.reshape(n),
+                "advantages": advantages.reshape(n), "returns": returns.reshape(n)}
+        valid = buf.valid.reshape(n)
+        keep = None if bool(valid.all()) else torch.nonzero(valid).squeeze(1)
+        if keep is not None:  # leave out the NEXT_STEP reset steps once
+            data = {k: index_obs(v, keep) for k, v in data.items()}
+        size = n if keep is None else keep.numel()
         batch = min(cfg.batch_size, size)
-        sums = {k: torch.zeros(()) for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")}
-        updates = 0
+        # One minibatch holding every transition (the zoo's CartPole settings): its loss is a mean over
+        # the same set in every epoch, so shuffling changes nothing and its advantages are normalised once.
+        whole = batch >= size
+        if whole and size > 1:
+            data["advantages"] = normalize_advantages(data["advantages"])
+        stats, log_ratios = [], []
         for _ in range(cfg.ppo_epochs):
-            order = keep[torch.randperm(size, generator=self.minibatch_generator).to(keep.device)]
+            if whole:
+                shuffled = data
+            else:  # one gather per epoch; minibatches are slices of it
+                order = torch.randperm(size, generator=self.minibatch_generator).to(buf.device)
+                shuffled = {k: index_obs(v, order) for k, v in data.items()}
             for start in range(0, size, batch):
-                mb = order[start:start + batch]
-                log_probs, entropy, values = self._evaluate(index_obs(obs, mb), actions[mb])
-                log_ratio = log_probs - old_log_probs[mb]
+                mb = shuffled if whole else {k: slice_obs(v, start, start + batch) for k, v in shuffled.items()}
+                adv = mb["advantages"]
+                if not whole and adv.numel() > 1:  # per-minibatch advantage normalisation
+                    adv = normalize_advantages(adv)
+                log_probs, entropy, values = self._evaluate(mb["obs"], mb["actions"])
+                log_ratio = log_probs - mb["old_log_probs"]
                 ratio = log_ratio.exp()
-                adv = advantages[mb]
-                if adv.numel() > 1:  # per-minibatch advantage normalisation
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 pg_loss = clipped_surrogate(ratio, adv, cfg.ppo_clip_range)
-                v_loss = value_loss(values, old_values[mb], returns[mb], cfg.ppo_clip_range_vf)
+                v_loss = value_loss(values, mb["old_values"], mb["returns"], cfg.ppo_clip_range_vf)
                 ent = entropy.mean()
                 loss = pg_loss + cfg.ppo_value_coef * v_loss - cfg.ppo_entropy_coef * ent
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(self._params, cfg.ppo_max_grad_norm)
+                clip_grad_norm(self._params, cfg.ppo_max_grad_norm)
                 self.optimizer.step()
-                with torch.no_grad():
-                    sums["policy_loss"] += pg_loss.detach().cpu()
-                    sums["value_loss"] += v_loss.detach().cpu()
-                    sums["entropy"] += ent.detach().cpu()
-                    sums["approx_kl"] += ((ratio - 1) - log_ratio).mean().cpu()
-                    sums["clip_fraction"] += ((ratio - 1).abs() > cfg.ppo_clip_range).float().mean().cpu()
-                updates += 1
-        metrics = {k: float(v) / max(updates, 1) for k, v in sums.items()}
-        metrics["explained_variance"] = explained_variance(old_values[keep], returns[keep])
+                stats.append(torch.stack([pg_loss.detach(), v_loss.detach(), ent.detach()]))
+                log_ratios.append(log_ratio.detach())
+        metrics = dict(zip(("policy_loss", "value_loss", "entropy"), torch.stack(stats).mean(0).tolist()))
+        metrics.update(kl_and_clip_fraction(log_ratios, cfg.ppo_clip_range))
+        metrics["explained_variance"] = explained_variance(data["old_values"], data["returns"])
         metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
         return metrics
 

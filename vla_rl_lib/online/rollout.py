@@ -1,6 +1,6 @@
 """Shared machinery of the on-policy methods (PPO, GRPO): observations, rollouts, GAE, normalisers.
 
-* ``stack_obs`` / ``concat_obs`` / ``index_obs`` / ``obs_to_tensor``: observations are numpy arrays or
+* ``stack_obs`` / ``concat_obs`` / ``index_obs`` / ``slice_obs`` / ``obs_to_tensor``: observations are numpy arrays or
   dicts (the driving simulator's ``{"image", "instruction", "state"}``) whose string entries stay
   lists of strings; the policy receives batched tensors (and lists of strings) and batches them its
   own way.
@@ -85,6 +85,13 @@ def index_obs(obs: Obs, idx) -> Obs:
     return obs[idx]
 
 
+def slice_obs(obs: Obs, start: int, stop: int) -> Obs:
+    """Rows ``start:stop`` of a batch of observations (a view for arrays and tensors)."""
+    if isinstance(obs, dict):
+        return {k: slice_obs(v, start, stop) for k, v in obs.items()}
+    return obs[start:stop]
+
+
 def final_observations(infos: dict, idx) -> Obs:
     """True final observations of the envs ``idx`` from a SAME_STEP vector env's ``infos["final_obs"]``:
     an object array of per-env observations (gymnasium's vector envs) or a dict of batched arrays
@@ -131,15 +138,28 @@ def autoreset_mode(envs) -> str:
                             "or AutoresetMode.SAME_STEP")
 
 
-def same_step_envs(envs, given, env_id, make_env):
-    """Rebuild the trainer's vector env with ``AutoresetMode.SAME_STEP`` when the trainer built it
-    (from an id, or around one env instance), so no step is spent on NEXT_STEP's reset steps.
-    A vector env the user passed in is kept as it is (both modes are handled)."""
+def rollout_envs(envs, given, env_id, make_env):
+    """The vector env PPO collects from, when the trainer built it (from an id, or around one env
+    instance); a vector env the user passed in is kept as it is (both autoreset modes are handled).
+
+    * An id whose gymnasium registration has a vector entry point in the same module as its env
+      (CartPole-v1's numpy-batched ``CartPoleVectorEnv``: the same dynamics and time limit, all
+      copies stepped in one call) and no additional wrappers is made with
+      ``gym.make_vec(id, num_envs, vectorization_mode="vector_entry_point")``. It resets with
+      ``AutoresetMode.NEXT_STEP``, which the rollout handles (the reset steps are not transitions).
+    * Otherwise the ``SyncVectorEnv`` is rebuilt with ``AutoresetMode.SAME_STEP``, so no step is
+      spent on NEXT_STEP's reset steps.
+    """
     if isinstance(given, gym.vector.VectorEnv) or not isinstance(envs, gym.vector.SyncVectorEnv):
         return envs
+    n = envs.num_envs
+    if not isinstance(given, gym.Env) and env_id is not None:
+        batched = batched_vector_env(env_id, n)
+        if batched is not None:
+            envs.close()
+            return batched
     if autoreset_mode(envs) == "same_step":
         return envs
-    n = envs.num_envs
     if isinstance(given, gym.Env) and n == 1:
         fns = [lambda: given]  # the same instance (its constructor arguments are kept)
     elif env_id is not None:
@@ -148,6 +168,25 @@ def same_step_envs(envs, given, env_id, make_env):
     else:
         return envs
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def batched_vector_env(env_id: str, num_envs: int):
+    """``gym.make_vec(env_id, num_envs, vectorization_mode="vector_entry_point")`` when the id's
+    vector entry point is the batched twin of its env (defined in the same module, e.g.
+    ``cartpole:CartPoleEnv`` / ``cartpole:CartPoleVectorEnv``; the time limit comes from the same
+    registration) and the registration adds no wrappers; else None. An entry point whose own
+    dependencies are missing (gymnasium's jax ``phys2d`` envs) gives None too."""
+    spec = gym.registry.get(env_id) if isinstance(env_id, str) else None
+    if spec is None or not isinstance(spec.vector_entry_point, str) or not isinstance(spec.entry_point, str):
+        return None
+    if spec.additional_wrappers or spec.vector_entry_point.split(":")[0] != spec.entry_point.split(":")[0]:
+        return None
+    try:
+        envs = gym.make_vec(env_id, num_envs=int(num_envs), vectorization_mode="vector_entry_point")
+    except (ImportError, gym.error.Error):
+        return None
+    autoreset_mode(envs)  # a mode the rollout cannot handle raises here
+    return envs
 
 
 def make_adam(params, lr: float) -> torch.optim.Optimizer:
@@ -202,12 +241,15 @@ class RolloutBuffer:
 
     ``valid[t, i]`` is False for the gymnasium NEXT_STEP autoreset steps (not transitions).
     ``next_values[t, i]`` holds ``V(s_{t+1})`` for the GAE (see :func:`compute_gae`).
+    Tensor observations are copied into one ``(steps, num_envs, ...)`` tensor allocated at the
+    first ``add``; other observations (dicts, strings) are kept as a list, one batch per step.
     """
 
     def __init__(self, steps: int, num_envs: int, action_shape: tuple, discrete: bool, device):
         self.steps, self.num_envs, self.device = int(steps), int(num_envs), device
         t, n = self.steps, self.num_envs
-        self.obs: list[Obs] = []
+        self.obs: list[Obs] | torch.Tensor = []
+        self._obs_storage: torch.Tensor | None = None
         act_dtype = torch.long if discrete else torch.float32
         self.actions = torch.zeros((t, n, *action_shape), dtype=act_dtype, device=device)
         self.log_probs = torch.zeros((t, n), device=device)
@@ -223,14 +265,28 @@ class RolloutBuffer:
         self.pos = 0
 
     def reset(self) -> None:
-        self.obs = []
+        self.obs = [] if self._obs_storage is None else self._obs_storage
         self._np["valid"].fill(True)
         self.next_values.zero_()
         self.pos = 0
 
+    def _store_obs(self, t: int, obs: Obs) -> None:
+        if isinstance(obs, torch.Tensor):
+            storage = self._obs_storage
+            if storage is None and t == 0:
+                storage = self._obs_storage = torch.empty((self.steps, *obs.shape), dtype=obs.dtype, device=obs.device)
+                self.obs = storage
+            if storage is not None and storage.shape[1:] == obs.shape and storage.dtype == obs.dtype:
+                storage[t].copy_(obs)
+                return
+            if storage is not None:  # the observations changed shape: keep them as a list from now on
+                self._obs_storage = None
+                self.obs = [storage[i].clone() for i in range(t)]
+        self.obs.append(obs)
+
     def add(self, obs: Obs, actions, log_probs, values, rewards, terminations, dones, valid) -> None:
         t = self.pos
-        self.obs.append(obs)
+        self._store_obs(t, obs)
         self.actions[t] = actions.reshape(self.actions[t].shape)
         self.log_probs[t] = log_probs
         self.values[t] = values
@@ -247,6 +303,8 @@ class RolloutBuffer:
 
     def flat_obs(self) -> Obs:
         """All observations, time-major flattened to ``steps * num_envs`` rows (tensors on device)."""
+        if isinstance(self.obs, torch.Tensor):
+            return self.obs.reshape(self.steps * self.num_envs, *self.obs.shape[2:])
         first = self.obs[0]
         if isinstance(first, torch.Tensor):
             return torch.cat(self.obs)
