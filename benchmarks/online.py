@@ -10,6 +10,8 @@ Parts (``--parts``, comma separated):
   training wall-clock to 500 (evaluation time excluded for both, reported separately) and steps.
   SB3 runs through ``benchmarks/sb3_runner.py`` with the python of ``--sb3-python``
   (a separate virtual environment: ``/work/venv-sb3``). Seeds are interleaved kit/SB3.
+* ``speed``: the same two PPOs' training throughput over ``--speed-steps`` steps (no evaluation until
+  the end), in wall-clock and CPU time.
 * ``checkpoints``: the same two PPOs evaluated at fixed steps (every ``--eval-freq`` up to
   ``--max-steps``) without stopping, to compare learning per step across many seeds.
 * ``grpo``: GRPO and PPO on CartPole-v1 at equal environment steps (``--grpo-steps``): evaluation
@@ -46,13 +48,14 @@ class _Timed:
 
     def __init__(self, trainer, threshold=None):
         self.trainer, self.threshold = trainer, threshold
-        self.seconds, self.curve, self.reached_at = 0.0, [], None
+        self.seconds, self.cpu_seconds, self.curve, self.reached_at = 0.0, 0.0, [], None
         inner = trainer.evaluate
 
         def evaluate(*a, **kw):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = inner(*a, **kw)
             self.seconds += time.perf_counter() - t
+            self.cpu_seconds += time.process_time() - c
             return out
 
         trainer.evaluate = evaluate
@@ -82,11 +85,12 @@ def kit_ppo_cartpole(seed: int, max_steps: int, eval_freq: int, threshold: float
                    save_freq=0, log_freq=1000, seed=seed, device="cpu", output_dir=out)
     trainer = PPOTrainer(config=cfg)
     timed = _Timed(trainer, threshold)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.train(callbacks=[timed.callback()])
-    total = time.perf_counter() - t0
+    total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"library": "kit", "seed": seed, "reached_at": timed.reached_at, "train_seconds": total - timed.seconds,
-            "eval_seconds": timed.seconds, "steps": trainer.global_step, "curve": timed.curve}
+            "eval_seconds": timed.seconds, "train_cpu_seconds": total_cpu - timed.cpu_seconds,
+            "steps": trainer.global_step, "curve": timed.curve}
 
 
 def sb3_ppo_cartpole(python: str, seed: int, max_steps: int, eval_freq: int, threshold: float = 500.0) -> dict:
@@ -106,18 +110,48 @@ def part_cartpole(args) -> dict:
             r = fn()
             rows.append(r)
             print(f"  {r['library']:4s} seed {seed}: reached 500 at {r['reached_at']} steps, "
-                  f"train {r['train_seconds']:.1f}s (+ eval {r['eval_seconds']:.1f}s); curve {r['curve']}", flush=True)
+                  f"train {r['train_seconds']:.2f}s wall, {r['train_cpu_seconds']:.2f}s CPU "
+                  f"(+ eval {r['eval_seconds']:.1f}s); curve {r['curve']}", flush=True)
     summary = {}
     for lib in ("kit", "sb3"):
         mine = [r for r in rows if r["library"] == lib]
         solved = [r for r in mine if r["reached_at"] is not None]
         summary[lib] = {"solved": f"{len(solved)}/{len(mine)}",
                         "median_train_seconds_to_500": float(np.median([r["train_seconds"] for r in solved])) if solved else None,
+                        "median_train_cpu_seconds_to_500":
+                            float(np.median([r["train_cpu_seconds"] for r in solved])) if solved else None,
                         "median_steps_to_500": float(np.median([r["reached_at"] for r in solved])) if solved else None,
-                        "median_steps_per_second": float(np.median([r["steps"] / r["train_seconds"] for r in mine]))}
-    k, s = summary["kit"]["median_train_seconds_to_500"], summary["sb3"]["median_train_seconds_to_500"]
-    summary["time_ratio_kit_over_sb3"] = (k / s) if (k and s) else None
+                        "median_steps_per_second": float(np.median([r["steps"] / r["train_seconds"] for r in mine])),
+                        "median_steps_per_cpu_second": float(np.median([r["steps"] / r["train_cpu_seconds"] for r in mine]))}
+    for key, name in (("median_train_seconds_to_500", "time_ratio_kit_over_sb3"),
+                      ("median_train_cpu_seconds_to_500", "cpu_time_ratio_kit_over_sb3")):
+        k, s = summary["kit"][key], summary["sb3"][key]
+        summary[name] = (k / s) if (k and s) else None
     print("PPO CartPole-v1, kit vs SB3:", json.dumps(summary, indent=1), flush=True)
+    return {"runs": rows, "summary": summary}
+
+
+def part_speed(args) -> dict:
+    """Training throughput of both PPOs over --speed-steps steps without intermediate evaluation."""
+    rows = []
+    for seed in args.seeds:
+        big = 10 * args.speed_steps
+        kit = kit_ppo_cartpole(seed, args.speed_steps, big, threshold=None)
+        sb3 = sb3_ppo_cartpole(args.sb3_python, seed, args.speed_steps, big, threshold=1e9)
+        rows += [kit, sb3]
+        print(f"  seed {seed}: kit {kit['steps'] / kit['train_seconds']:.0f} steps/s wall, "
+              f"{kit['steps'] / kit['train_cpu_seconds']:.0f} per CPU s; sb3 {sb3['steps'] / sb3['train_seconds']:.0f} "
+              f"wall, {sb3['steps'] / sb3['train_cpu_seconds']:.0f} per CPU s", flush=True)
+    summary = {}
+    for lib in ("kit", "sb3"):
+        mine = [r for r in rows if r["library"] == lib]
+        summary[lib] = {"median_steps_per_second": float(np.median([r["steps"] / r["train_seconds"] for r in mine])),
+                        "median_steps_per_cpu_second":
+                            float(np.median([r["steps"] / r["train_cpu_seconds"] for r in mine]))}
+    summary["speedup_kit_over_sb3"] = summary["kit"]["median_steps_per_second"] / summary["sb3"]["median_steps_per_second"]
+    summary["cpu_speedup_kit_over_sb3"] = (summary["kit"]["median_steps_per_cpu_second"]
+                                           / summary["sb3"]["median_steps_per_cpu_second"])
+    print("PPO CartPole-v1 throughput, kit vs SB3:", json.dumps(summary, indent=1), flush=True)
     return {"runs": rows, "summary": summary}
 
 
@@ -206,6 +240,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--max-steps", type=int, default=100_000, help="CartPole budget of each run")
     p.add_argument("--eval-freq", type=int, default=10_240, help="CartPole evaluation period (env steps)")
+    p.add_argument("--speed-steps", type=int, default=20_480, help="steps of each --parts speed run")
     p.add_argument("--grpo-steps", type=int, default=100_000, help="env steps of the GRPO-vs-PPO comparison")
     p.add_argument("--mujoco-steps", type=int, default=100_000)
     p.add_argument("--mujoco-envs", default="HalfCheetah-v5,Hopper-v5", type=lambda s: s.split(","))
@@ -219,7 +254,7 @@ def main() -> None:
     results = {}
     for part in args.parts.split(","):
         print(f"== {part} ==", flush=True)
-        results[part] = {"cartpole": part_cartpole, "checkpoints": part_checkpoints, "grpo": part_grpo,
+        results[part] = {"cartpole": part_cartpole, "speed": part_speed, "checkpoints": part_checkpoints, "grpo": part_grpo,
                          "mujoco": part_mujoco}[part](args)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

@@ -46,6 +46,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import IncompatibleError
@@ -75,11 +76,11 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         L_V = mean_t (V(s_t) - R_t)^2
         clipped (``clip_range_vf = c``):  mean_t max( (V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2 )
     """
+    if clip_range_vf is None:
+        return F.mse_loss(values, returns)  # mean_t (V(s_t) - R_t)^2 in one op
     loss = (values - returns).pow(2)
-    if clip_range_vf is not None:
-        clipped = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
-        loss = torch.max(loss, (clipped - returns).pow(2))
-    return loss.mean()
+    clipped = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+    return torch.max(loss, (clipped - returns).pow(2)).mean()
 
 
 def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
@@ -171,9 +172,11 @@ class PPOTrainer(OnlineTrainer):
             return self.policy.value(obs).reshape(-1)
         return self.value_net(self.policy.normalize(obs))
 
-    def _act(self, obs):
-        """Sample actions; return (actions, log-probabilities, values)."""
+    def _act(self, obs, with_value: bool = True):
+        """Sample actions; return (actions, log-probabilities, values or None without ``with_value``)."""
         actions, log_probs, values = self.policy.act(obs)
+        if not with_value:
+            return actions, log_probs.reshape(-1), None
         if values is None or self.value_net is not None:
             values = self._value(obs)
         return actions, log_probs.reshape(-1), values.reshape(-1)
@@ -211,7 +214,7 @@ class PPOTrainer(OnlineTrainer):
             self.reward_scaler.returns.zero_()
 
     @without_distribution_checks
-    @torch.no_grad()
+    @torch.inference_mode()
     def collect(self) -> int:
         cfg, buf = self.config, self.buffer
         if self._next_obs is None:
@@ -226,10 +229,13 @@ class PPOTrainer(OnlineTrainer):
         final_values = torch.zeros_like(buf.values)
         has_final = torch.zeros_like(buf.valid)
         same_step = self._autoreset == "same_step"
+        # A separate critic does not act: V(s_t) of the whole rollout is computed in one pass after it
+        # (the same network and parameters as during the rollout), not in one small pass per step.
+        late_values = self.value_net is not None
         obs = self._next_obs
         for t in range(cfg.rollout_steps):
             obs_t = obs_to_tensor(obs, self.device)
-            actions, log_probs, values = self._act(obs_t)
+            actions, log_probs, values = self._act(obs_t, with_value=not late_values)
             next_obs, rewards, terminated, truncated, infos = self.envs.step(self._env_actions(actions))
             terminated, truncated = np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool)
             dones = terminated | truncated
@@ -253,7 +259,14 @@ class PPOTrainer(OnlineTrainer):
             obs = next_obs
         self._next_obs = obs
         buf.finish()
-        last_values = self._value(obs_to_tensor(obs, self.device))
+        last_obs = obs_to_tensor(obs, self.device)
+        if late_values:
+            rollout_obs = buf.flat_obs()
+            values = self._value(torch.cat([rollout_obs, last_obs]))
+            buf.values.copy_(values[:len(rollout_obs)].reshape(buf.values.shape))
+            last_values = values[len(rollout_obs):]
+        else:
+            last_values = self._value(last_obs)
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_values
         buf.next_values = torch.where(has_final, final_values, buf.next_values)
@@ -300,14 +313,17 @@ class PPOTrainer(OnlineTrainer):
                 pg_loss = clipped_surrogate(ratio, adv, cfg.ppo_clip_range)
                 v_loss = value_loss(values, mb["old_values"], mb["returns"], cfg.ppo_clip_range_vf)
                 ent = entropy.mean()
-                loss = pg_loss + cfg.ppo_value_coef * v_loss - cfg.ppo_entropy_coef * ent
+                loss = pg_loss + cfg.ppo_value_coef * v_loss
+                if cfg.ppo_entropy_coef:  # (a zero coefficient adds nothing to the gradient: no backward through H)
+                    loss = loss - cfg.ppo_entropy_coef * ent
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 clip_grad_norm(self._params, cfg.ppo_max_grad_norm)
                 self.optimizer.step()
-                stats.append(torch.stack([pg_loss.detach(), v_loss.detach(), ent.detach()]))
+                stats.append((pg_loss.detach(), v_loss.detach(), ent.detach()))
                 log_ratios.append(log_ratio.detach())
-        metrics = dict(zip(("policy_loss", "value_loss", "entropy"), torch.stack(stats).mean(0).tolist()))
+        metrics = {name: torch.stack(values).mean().item()
+                   for name, values in zip(("policy_loss", "value_loss", "entropy"), zip(*stats))}
         metrics.update(kl_and_clip_fraction(log_ratios, cfg.ppo_clip_range))
         metrics["explained_variance"] = explained_variance(data["old_values"], data["returns"])
         metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])

@@ -104,6 +104,8 @@ def final_observations(infos: dict, idx) -> Obs:
 
 def obs_to_tensor(obs: Obs, device) -> Obs:
     """Numpy -> torch on ``device`` (float64 -> float32, uint8 images kept); strings stay a list."""
+    if isinstance(obs, np.ndarray) and obs.dtype in (np.float32, np.uint8):  # the common case, first
+        return torch.as_tensor(obs, device=device)
     if isinstance(obs, dict):
         return {k: obs_to_tensor(v, device) for k, v in obs.items()}
     if _is_text(obs):
@@ -262,20 +264,23 @@ class RolloutBuffer:
         # per-step numpy values are staged here and moved to torch once per rollout (finish)
         self._np = {k: np.zeros((t, n), dtype=np.float32) for k in ("rewards", "terminations", "dones")}
         self._np["valid"] = np.ones((t, n), dtype=bool)
+        self._steps: list[tuple] = []
         self.pos = 0
 
     def reset(self) -> None:
         self.obs = [] if self._obs_storage is None else self._obs_storage
         self._np["valid"].fill(True)
         self.next_values.zero_()
+        self._steps = []
         self.pos = 0
 
     def _store_obs(self, t: int, obs: Obs) -> None:
         if isinstance(obs, torch.Tensor):
             storage = self._obs_storage
             if storage is None and t == 0:
-                storage = self._obs_storage = torch.empty((self.steps, *obs.shape), dtype=obs.dtype, device=obs.device)
-                self.obs = storage
+                with torch.inference_mode(False):  # a normal tensor, even when the rollout runs in inference mode
+                    storage = torch.empty((self.steps, *obs.shape), dtype=obs.dtype, device=obs.device)
+                self._obs_storage = self.obs = storage
             if storage is not None and storage.shape[1:] == obs.shape and storage.dtype == obs.dtype:
                 storage[t].copy_(obs)
                 return
@@ -287,9 +292,7 @@ class RolloutBuffer:
     def add(self, obs: Obs, actions, log_probs, values, rewards, terminations, dones, valid) -> None:
         t = self.pos
         self._store_obs(t, obs)
-        self.actions[t] = actions.reshape(self.actions[t].shape)
-        self.log_probs[t] = log_probs
-        self.values[t] = values
+        self._steps.append((actions, log_probs, values))  # stacked into the tensors by finish()
         self._np["rewards"][t] = rewards
         self._np["terminations"][t] = terminations
         self._np["dones"][t] = dones
@@ -297,7 +300,15 @@ class RolloutBuffer:
         self.pos += 1
 
     def finish(self) -> None:
-        """Move the staged rewards and flags to torch (call after the last ``add``)."""
+        """Move the staged actions, log-probabilities, values, rewards and flags into the rollout's
+        tensors (call after the last ``add``)."""
+        actions, log_probs, values = zip(*self._steps)
+        t, n = self.pos, self.num_envs
+        self.actions[:t] = torch.stack(actions).reshape(t, *self.actions.shape[1:])
+        self.log_probs[:t] = torch.stack(log_probs).reshape(t, n)
+        if values[0] is not None:  # (else the trainer fills them in after the rollout)
+            self.values[:t] = torch.stack(values).reshape(t, n)
+        self._steps = []
         for name, array in self._np.items():
             getattr(self, name).copy_(torch.from_numpy(array))
 
