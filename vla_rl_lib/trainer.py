@@ -614,6 +614,19 @@ class OfflineTrainer(Trainer):
             self.log()
 
 
+class ActorCriticOfflineTrainer(OfflineTrainer):
+    """Base of the offline actor-critics whose policy network is ``self.actor`` (IQL, CQL): attaching a
+    buffer gives the actor the dataset's state normaliser (with ``config.normalize_states``) and action bounds."""
+
+    @property
+    def policy(self) -> nn.Module:
+        return self.actor
+
+    def attach_buffer(self, buffer) -> None:
+        super().attach_buffer(buffer)
+        self.fit_policy_to_dataset(self.actor, buffer, self.config.normalize_states)
+
+
 class OnlineTrainer(Trainer):
     """Base of PPO, SAC and GRPO: environments, episode statistics and the collect/learn loop.
 

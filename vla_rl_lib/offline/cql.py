@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
-from vla_rl_lib.nets import Policy, QEnsemble, adam, TanhGaussianPolicy, soft_update, without_distribution_checks
+from vla_rl_lib.nets import QEnsemble, adam, TanhGaussianPolicy, soft_update, without_distribution_checks
 from vla_rl_lib.offline.iql import q_loss
-from vla_rl_lib.trainer import OfflineTrainer
+from vla_rl_lib.trainer import ActorCriticOfflineTrainer
 from vla_rl_lib.errors import ConfigError
 
 __all__ = ["CQLHyperparameters", "CQLTrainer", "cql_penalty", "sac_policy_loss", "entropy_temperature_loss",
@@ -120,7 +120,7 @@ class CQLHyperparameters(ConfigBase):
     num_critics: int = hp(2, "number of Q-functions (targets and policy use their minimum)", low=1, ui=(1, 10, 1))
 
 
-class CQLTrainer(OfflineTrainer):
+class CQLTrainer(ActorCriticOfflineTrainer):
     """Conservative Q-Learning on SAC (see the module docstring for the equations).
 
     ``CQLTrainer(obs_dim, action_dim, config=config, cql_alpha=5.0)``; ``trainer.train(buffer)``.
@@ -150,14 +150,6 @@ class CQLTrainer(OfflineTrainer):
         self.alpha_prime_optimizer = (adam(self.log_alpha_prime.parameters(), cfg.learning_rate)
                                       if hpar.cql_lagrange else None)
         self._random_generator = None
-
-    @property
-    def policy(self) -> Policy:
-        return self.actor
-
-    def attach_buffer(self, buffer) -> None:
-        super().attach_buffer(buffer)
-        self.fit_policy_to_dataset(self.actor, buffer, self.config.normalize_states)
 
     # -- one gradient step ----------------------------------------------------------------------
     @without_distribution_checks

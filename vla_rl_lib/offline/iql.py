@@ -37,7 +37,7 @@ import torch.nn as nn
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
 from vla_rl_lib.nets import (DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, adam, soft_update,
                              without_distribution_checks)
-from vla_rl_lib.trainer import OfflineTrainer
+from vla_rl_lib.trainer import ActorCriticOfflineTrainer
 
 __all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "advantage_weights", "awr_policy_loss"]
 
@@ -103,7 +103,7 @@ class IQLHyperparameters(ConfigBase):
     num_critics: int = hp(2, "number of Q-functions (the value regresses on their minimum)", low=1, ui=(1, 10, 1))
 
 
-class IQLTrainer(OfflineTrainer):
+class IQLTrainer(ActorCriticOfflineTrainer):
     """Implicit Q-Learning (see the module docstring for the equations).
 
     ``IQLTrainer(obs_dim=11, action_dim=3, config=config, expectile=0.7, temperature=3.0)``;
@@ -138,14 +138,6 @@ class IQLTrainer(OfflineTrainer):
             self.actor_lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optimizer, self.total_steps)
         else:
             self.actor_lr_schedule = None
-
-    @property
-    def policy(self) -> Policy:
-        return self.actor
-
-    def attach_buffer(self, buffer) -> None:
-        super().attach_buffer(buffer)
-        self.fit_policy_to_dataset(self.actor, buffer, self.config.normalize_states)
 
     # -- one gradient step ----------------------------------------------------------------------
     @without_distribution_checks
