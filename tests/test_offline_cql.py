@@ -5,38 +5,18 @@ How the thresholds were chosen is written in the learning test's docstring.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from vla_rl_lib.config import OfflineRLConfig
-from vla_rl_lib.data import load_dataset
-from vla_rl_lib.data.buffer import OfflineReplayBuffer
 from vla_rl_lib.errors import ConfigError, DatasetError, TrainingDivergedError
 from vla_rl_lib.offline import cql
 from vla_rl_lib.offline.cql import CQLTrainer, cql_penalty, entropy_temperature_loss, sac_policy_loss
 from vla_rl_lib.trainer import Trainer
 
-DATASET = "pendulum-medium-v0"
-
-
-@functools.lru_cache(maxsize=None)
-def _data():
-    return load_dataset(DATASET)
-
-
-def _buffer(**kw) -> OfflineReplayBuffer:
-    return OfflineReplayBuffer(3, 1, **kw).load_dataset(_data())
-
-
-def _config(tmp_path, steps, **kw) -> OfflineRLConfig:
-    base = dict(num_epochs=1, steps_per_epoch=steps, eval_episodes=0, save_freq=0, log_freq=max(steps // 4, 1),
-                device="cpu", normalize_states=True, output_dir=str(tmp_path / "run"), seed=0)
-    base.update(kw)
-    return OfflineRLConfig(**base)
+from shipped_pendulum import buffer as _buffer, config as _config
 
 
 # ------------------------------------------------------------------------------------------------
