@@ -12,6 +12,9 @@ Parts (``--parts``, comma separated):
   (a separate virtual environment: ``/work/venv-sb3``). Seeds are interleaved kit/SB3.
 * ``speed``: the same two PPOs' training throughput over ``--speed-steps`` steps (no evaluation until
   the end), in wall-clock and CPU time.
+* ``equivalence``: SB3's first rollout and first update (20 epochs) replayed through the kit's GAE and
+  learn() from SB3's initial weights; prints the largest differences (values, log-probabilities,
+  advantages, weights after the update).
 * ``checkpoints``: the same two PPOs evaluated at fixed steps (every ``--eval-freq`` up to
   ``--max-steps``) without stopping, to compare learning per step across many seeds.
 * ``grpo``: GRPO and PPO on CartPole-v1 at equal environment steps (``--grpo-steps``): evaluation
@@ -155,6 +158,69 @@ def part_speed(args) -> dict:
     return {"runs": rows, "summary": summary}
 
 
+def part_equivalence(args) -> dict:
+    """The kit's PPO update against SB3's on the same data: SB3 collects its first rollout and runs
+    its first update (20 epochs); the kit starts from SB3's initial weights, takes the same rollout
+    (observations, actions, log-probabilities, values, rewards, episode ends), computes its own GAE
+    and runs its own learn(). Reported: the largest differences in values, log-probabilities,
+    advantages, and in every weight after the update (next to the size of the update)."""
+    from vla_rl_lib import PPOTrainer, RLConfig
+    from vla_rl_lib.online.rollout import compute_gae
+
+    results = {}
+    for seed in args.seeds:
+        path = Path(tempfile.mkdtemp(prefix="ppo_equiv_")) / "sb3.npz"
+        cmd = [args.sb3_python, str(HERE / "sb3_runner.py"), "--seed", str(seed), "--dump-first-update", str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"SB3 runner failed: {done.stderr[-2000:]}")
+        d = np.load(path)
+        steps, n = d["values"].shape
+        trainer = PPOTrainer(config=RLConfig(env="CartPole-v1", **ZOO, total_timesteps=steps * n, eval_freq=0,
+                                             eval_episodes=0, save_freq=0, seed=seed, device="cpu",
+                                             output_dir=tempfile.mkdtemp(prefix="ppo_equiv_")))
+        pol, val = trainer.policy.net, trainer.value_net.net
+        layers = {"mlp_extractor.policy_net.0": pol[0], "mlp_extractor.policy_net.2": pol[2], "action_net": pol[4],
+                  "mlp_extractor.value_net.0": val[0], "mlp_extractor.value_net.2": val[2], "value_net": val[4]}
+        with torch.no_grad():
+            for name, layer in layers.items():
+                layer.weight.copy_(torch.from_numpy(d[f"before/{name}.weight"]))
+                layer.bias.copy_(torch.from_numpy(d[f"before/{name}.bias"]))
+        # SB3 marks episode starts; the kit marks the step that ends an episode (no time-limit cut this early)
+        ends = np.concatenate([d["episode_starts"][1:], d["last_episode_starts"][None]], 0).astype(bool)
+        buf = trainer.buffer
+        buf.reset()
+        obs = torch.from_numpy(d["observations"]).float()
+        for t in range(steps):
+            buf.add(obs[t], torch.from_numpy(d["actions"][t].reshape(n)).long(), torch.from_numpy(d["log_probs"][t]).float(),
+                    torch.from_numpy(d["values"][t]).float(), d["rewards"][t], ends[t], ends[t], np.ones(n, bool))
+        buf.finish()
+        with torch.no_grad():
+            flat = obs.reshape(steps * n, -1)
+            values = trainer.value_net(flat).reshape(steps, n)
+            log_probs = trainer.policy.evaluate_actions(flat, buf.actions.reshape(-1))[0].reshape(steps, n)
+            buf.next_values[:-1] = buf.values[1:]
+            buf.next_values[-1] = trainer.value_net(torch.from_numpy(d["last_obs"]).float())
+        advantages, _ = compute_gae(buf.rewards, buf.values, buf.next_values, buf.terminations, buf.dones,
+                                    ZOO["discount_gamma"], ZOO["ppo_gae_lambda"])
+        row = {"episode_ends": int(ends.sum()),
+               "max_abs_diff_values": float((values - buf.values).abs().max()),
+               "max_abs_diff_log_probs": float((log_probs - buf.log_probs).abs().max()),
+               "max_abs_diff_advantages": float((advantages - torch.from_numpy(d["advantages"])).abs().max())}
+        trainer.learn()
+        weight_diff, update = 0.0, 0.0
+        with torch.no_grad():
+            for name, layer in layers.items():
+                for part in ("weight", "bias"):
+                    after, before = d[f"after/{name}.{part}"], d[f"before/{name}.{part}"]
+                    weight_diff = max(weight_diff, float(np.abs(getattr(layer, part).numpy() - after).max()))
+                    update = max(update, float(np.abs(after - before).max()))
+        row.update({"max_abs_diff_weights_after_update": weight_diff, "max_abs_update_sb3": update})
+        results[seed] = row
+        print(f"  seed {seed}: {json.dumps(row)}", flush=True)
+    return results
+
+
 def part_checkpoints(args) -> dict:
     """Evaluation means of kit and SB3 PPO at fixed steps (every --eval-freq up to --max-steps), no early stop."""
     rows = []
@@ -254,7 +320,8 @@ def main() -> None:
     results = {}
     for part in args.parts.split(","):
         print(f"== {part} ==", flush=True)
-        results[part] = {"cartpole": part_cartpole, "speed": part_speed, "checkpoints": part_checkpoints, "grpo": part_grpo,
+        results[part] = {"cartpole": part_cartpole, "speed": part_speed, "equivalence": part_equivalence,
+                         "checkpoints": part_checkpoints, "grpo": part_grpo,
                          "mujoco": part_mujoco}[part](args)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

@@ -8,6 +8,9 @@ the update, as the kit's trainer does), stops at ``--threshold``, and prints one
 same in CPU time of this process (``time.process_time``), less sensitive to other jobs on the machine.
 
     /work/venv-sb3/bin/python benchmarks/sb3_runner.py --seed 0 --max-steps 100000
+
+``--dump-first-update PATH`` instead saves SB3's first rollout and its weights before and after the
+first update, for ``benchmarks/online.py --parts equivalence``.
 """
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip", type=float, default=0.2)
     p.add_argument("--ent-coef", type=float, default=0.0)
+    p.add_argument("--dump-first-update", default=None, metavar="NPZ",
+                   help="instead of training: collect one rollout, run one update (n_epochs passes) and save the "
+                        "rollout buffer, the last observation and the weights before and after it to NPZ")
     args = p.parse_args()
     torch.set_num_threads(1)
 
@@ -73,6 +79,9 @@ def main() -> None:
     model = PPO("MlpPolicy", env, n_steps=args.n_steps, batch_size=args.batch_size, gae_lambda=args.gae_lambda,
                 gamma=args.gamma, n_epochs=args.n_epochs, learning_rate=args.lr, clip_range=args.clip,
                 ent_coef=args.ent_coef, seed=args.seed, device="cpu", verbose=0)
+    if args.dump_first_update:
+        dump_first_update(model, args.dump_first_update)
+        return
     cb = EvalAndStop()
     t0, c0 = time.perf_counter(), time.process_time()
     model.learn(total_timesteps=args.max_steps, callback=cb)
@@ -91,6 +100,34 @@ def main() -> None:
                       "train_seconds": total - cb.eval_seconds, "eval_seconds": cb.eval_seconds,
                       "train_cpu_seconds": total_cpu - cb.eval_cpu_seconds,
                       "steps": int(model.num_timesteps), "curve": cb.curve}))
+
+
+def dump_first_update(model, path: str) -> None:
+    """Save SB3's first rollout and its policy weights before and after the first ``train()``."""
+    import numpy as np
+
+    out, train = {}, model.train
+
+    class Done(Exception):
+        pass
+
+    def dump_and_train():
+        rb = model.rollout_buffer
+        for k in ("observations", "actions", "values", "log_probs", "advantages", "returns", "rewards", "episode_starts"):
+            out[k] = np.array(getattr(rb, k))
+        out["last_obs"], out["last_episode_starts"] = np.array(model._last_obs), np.array(model._last_episode_starts)
+        out.update({"before/" + k: v.numpy().copy() for k, v in model.policy.state_dict().items()})
+        train()
+        out.update({"after/" + k: v.numpy().copy() for k, v in model.policy.state_dict().items()})
+        raise Done
+
+    model.train = dump_and_train
+    try:
+        model.learn(total_timesteps=model.n_steps * model.n_envs)
+    except Done:
+        pass
+    np.savez(path, **out)
+    print(json.dumps({"dumped": path}))
 
 
 if __name__ == "__main__":

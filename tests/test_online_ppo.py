@@ -158,12 +158,48 @@ def test_rollout_bootstraps_truncated_episodes_from_their_final_observation(tmp_
                     assert buf.next_values[t, i].item() == pytest.approx(value_of(final_x), abs=1e-6)
                     checked += 1
         assert checked > 0
+        # the critic's values, computed for the whole rollout after it, are V(s_t) of each stored observation
+        torch.testing.assert_close(buf.values, trainer.value_net(buf.obs.reshape(-1, 1)).reshape(buf.values.shape))
     metrics = trainer.learn()
     for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
                 "learning_rate"):
         assert np.isfinite(metrics[key])
     # episode statistics count real steps only (5 per truncated episode, 3 per success)
     assert set(trainer.recent_lengths) <= {3, 5} and trainer.recent_lengths
+
+
+def test_cartpole_rollouts_step_gymnasiums_batched_cartpole_with_the_same_dynamics(tmp_path):
+    """PPO built from the id "CartPole-v1" steps gymnasium's numpy-batched CartPoleVectorEnv (its
+    registered vector entry point). It must be the same environment: from the same state, the same
+    actions give bit-identical observations, rewards and episode ends, with the time limit of 500;
+    and, in NEXT_STEP autoreset, the step after an episode end is a reset step the rollout leaves out."""
+    trainer = PPOTrainer("CartPole-v1", config=small_config(tmp_path, num_envs=3))
+    envs = trainer.envs
+    assert type(envs.unwrapped).__name__ == "CartPoleVectorEnv" and envs.unwrapped.max_episode_steps == 500
+    single = gym.make("CartPole-v1")
+    single.reset(seed=0)
+    envs.reset(seed=0)
+    envs.unwrapped.state = np.tile(np.array(single.unwrapped.state, dtype=np.float64)[:, None], (1, 3))
+    obs, steps = np.array(single.unwrapped.state, dtype=np.float32), 0
+    while True:  # a balancing controller, so the episode reaches the time limit
+        x, x_dot, theta, theta_dot = obs
+        action = int(theta + 0.3 * theta_dot + 0.01 * x + 0.05 * x_dot > 0)
+        obs, reward, terminated, truncated, _ = single.step(action)
+        v_obs, v_reward, v_term, v_trunc, _ = envs.step(np.full(3, action))
+        steps += 1
+        np.testing.assert_array_equal(v_obs, np.tile(obs, (3, 1)))
+        assert (v_reward == reward).all() and (v_term == terminated).all() and (v_trunc == truncated).all()
+        if terminated or truncated:
+            break
+    assert steps == 500 and truncated and not terminated
+    reset_obs, reward, terminated, truncated, _ = envs.step(np.zeros(3, dtype=np.int64))  # NEXT_STEP: the reset step
+    assert (reward == 0).all() and not terminated.any() and not truncated.any() and (np.abs(reset_obs) <= 0.05).all()
+    # a rollout over episode ends: reset steps are invalid, and every valid step is a real transition
+    trainer = PPOTrainer("CartPole-v1", config=small_config(tmp_path, num_envs=3, rollout_steps=64))
+    trainer.collect()
+    buf = trainer.buffer
+    ends = buf.dones.bool() & buf.valid
+    assert ends.any() and (~buf.valid[1:] == ends[:-1]).all() and buf.valid[0].all()
 
 
 class TextWorld(gym.Env):
