@@ -6,7 +6,8 @@ Parts (``--parts``, comma separated):
   same machine with the same hyperparameters (rl-baselines3-zoo's tuned CartPole-v1: 8 envs, n_steps
   32, batch 256, gae_lambda 0.8, gamma 0.98, 20 epochs, lr 1e-3, clip 0.2, ent 0; constants, as the
   issue lists them: the zoo anneals lr and clip linearly). Both evaluate the deterministic policy on
-  10 episodes every ``--eval-freq`` steps after an update and stop at a mean of 500. Reported:
+  10 episodes every ``--eval-freq`` steps after an update, with the same protocol (episode ``i`` reset
+  with seed ``seed + 10000 + i``), and stop at a mean of 500. Reported:
   training wall-clock to 500 (evaluation time excluded for both, reported separately) and steps.
   SB3 runs through ``benchmarks/sb3_runner.py`` with the python of ``--sb3-python``
   (a separate virtual environment: ``/work/venv-sb3``). Seeds are interleaved kit/SB3.

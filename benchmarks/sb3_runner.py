@@ -2,7 +2,9 @@
 
 Trains SB3's PPO on CartPole-v1 with the hyperparameters given on the command line, evaluates the
 deterministic policy on 10 episodes every ``--eval-freq`` environment steps (between rollouts, after
-the update, as the kit's trainer does), stops at ``--threshold``, and prints one JSON line:
+the update, as the kit's trainer does) with the kit's protocol (episode ``i`` reset with seed
+``seed + 10000 + i``, so both libraries are scored on the same start states and SB3's runs are
+reproducible), stops at ``--threshold``, and prints one JSON line:
 ``{"reached_at", "train_seconds", "eval_seconds", "curve": [[step, mean], ...]}``.
 ``train_seconds`` is the wall-clock time spent training, evaluation excluded; ``train_cpu_seconds`` the
 same in CPU time of this process (``time.process_time``), less sensitive to other jobs on the machine.
@@ -18,6 +20,7 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
 
@@ -48,13 +51,26 @@ def main() -> None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.monitor import Monitor
+
+    def evaluate(model, env) -> float:
+        """The kit's evaluation protocol (``Trainer.evaluate``): episode ``i`` starts from
+        ``reset(seed=seed + 10000 + i)``, deterministic actions; the mean return."""
+        returns = []
+        for episode in range(args.eval_episodes):
+            obs, _ = env.reset(seed=args.seed + 10_000 + episode)
+            done, total = False, 0.0
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+        return float(np.mean(returns))
 
     class EvalAndStop(BaseCallback):
         def __init__(self):
             super().__init__()
-            self.eval_env = Monitor(gym.make(args.env))
+            self.eval_env = gym.make(args.env)
             self.eval_seconds, self.eval_cpu_seconds, self.curve, self.reached_at, self.last = 0.0, 0.0, [], None, 0
             self.stop = False
 
@@ -62,8 +78,7 @@ def main() -> None:
             n = self.num_timesteps
             if n // args.eval_freq > self.last // args.eval_freq:
                 t, c = time.perf_counter(), time.process_time()
-                mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=args.eval_episodes,
-                                          deterministic=True)
+                mean = evaluate(self.model, self.eval_env)
                 self.eval_seconds += time.perf_counter() - t
                 self.eval_cpu_seconds += time.process_time() - c
                 self.curve.append([n, float(mean)])
@@ -88,7 +103,7 @@ def main() -> None:
     total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
     if cb.reached_at is None:  # the final policy, like the kit's end-of-training evaluation
         t, c = time.perf_counter(), time.process_time()
-        mean, _ = evaluate_policy(model, cb.eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
+        mean = evaluate(model, cb.eval_env)
         cb.eval_seconds += time.perf_counter() - t
         cb.eval_cpu_seconds += time.process_time() - c
         cb.curve.append([model.num_timesteps, float(mean)])
@@ -104,8 +119,6 @@ def main() -> None:
 
 def dump_first_update(model, path: str) -> None:
     """Save SB3's first rollout and its policy weights before and after the first ``train()``."""
-    import numpy as np
-
     out, train = {}, model.train
 
     class Done(Exception):
