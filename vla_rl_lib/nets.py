@@ -350,6 +350,24 @@ class CategoricalPolicy(DistributionPolicy):
     def distribution(self, obs):
         return Categorical(logits=self.net(self.normalize(obs)))
 
+    # acting and evaluating straight from log-softmax: the same distribution, without the
+    # torch.distributions object's per-call overhead, which dominates for a small network
+    def _log_pi(self, obs):
+        return torch.log_softmax(self.net(self.normalize(obs)), dim=-1)
+
+    def act(self, obs):
+        log_pi = self._log_pi(obs)
+        actions = torch.multinomial(log_pi.exp(), 1)
+        value = self.value(obs) if self.has_value else None
+        return actions.squeeze(-1), log_pi.gather(-1, actions).squeeze(-1), value
+
+    def evaluate_actions(self, obs, actions):
+        """``(log pi(a|s), H = -sum_a pi(a|s) log pi(a|s), V(s) or None)``."""
+        log_pi = self._log_pi(obs)
+        log_prob = log_pi.gather(-1, actions.long().reshape(-1, 1)).squeeze(-1)
+        value = self.value(obs) if self.has_value else None
+        return log_prob, -(log_pi.exp() * log_pi).sum(-1), value
+
 
 class ValueNetwork(nn.Module):
     """State value ``V(s)``."""
