@@ -29,6 +29,7 @@ _missing = missing_browser()
 if _missing:
     pytest.skip(_missing, allow_module_level=True)
 
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
@@ -59,30 +60,32 @@ def _images(driver):
 
 
 def _run_and_watch_plot(driver, step: Step, timeout: float) -> None:
-    """Run all cells; while they run, screenshot the first plot repeatedly until it changes."""
+    """Run all cells; while they run, screenshot every output plot repeatedly until one of them changes.
+
+    Every plot is watched (a notebook may train more than once, and a short smoke run can finish
+    between two looks at the first plot); a plot replaced while we looked is simply looked at again."""
     run_all(driver)
     deadline = time.time() + timeout
-    first, changed = None, False
-    while time.time() < deadline:
-        images = _images(driver)
-        if images:
+    firsts: dict[int, bytes] = {}
+    changed = False
+    while time.time() < deadline and not changed:
+        for index, image in enumerate(_images(driver)):
             try:
-                driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", images[0])
-                png = images[0].screenshot_as_png
-            except Exception:  # noqa: BLE001 - the image was replaced while we looked: it moved
-                png = None
-            if png:
-                if first is None:
-                    first = png
-                    step.shot("plot-first", png=png)
-                elif png != first:
-                    changed = True
-                    step.shot("plot-later", png=png)
-                    break
-        if first is None and not driver.execute_script(
+                driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", image)
+                png = image.screenshot_as_png
+            except Exception:  # noqa: BLE001 - the image was replaced while we looked: look again
+                continue
+            if index not in firsts:
+                firsts[index] = png
+                step.shot(f"plot{index}-first", png=png)
+            elif png != firsts[index]:
+                changed = True
+                step.shot(f"plot{index}-later", png=png)
+                break
+        if not changed and not driver.execute_script(
                 "return document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt').length"):
             break
-        time.sleep(0.5)
+        time.sleep(0.25)
     step.check(changed, "the live reward plot never changed while training ran")
 
 
@@ -174,12 +177,15 @@ def test_hyperparameter_panel_slider_and_run(lab, driver):
     first = None
     updated = False
     while time.time() < deadline and not updated:
-        imgs = driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden) .jupyter-widgets img")
-        imgs = [i for i in imgs if i.size.get("width", 0) > 100]
-        if imgs:
-            png = imgs[-1].screenshot_as_png
-            first = first or png
-            updated = png != first
+        try:
+            imgs = driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden) .jupyter-widgets img")
+            imgs = [i for i in imgs if i.size.get("width", 0) > 100]
+            if imgs:
+                png = imgs[-1].screenshot_as_png
+                first = first or png
+                updated = png != first
+        except StaleElementReferenceException:  # the live plot redrew while we looked: look again
+            pass
         time.sleep(1)
     step.shot("after-run")
     step.check(updated or len(_images(driver)) > images_before, "pressing Run did not start training and update the plot")
