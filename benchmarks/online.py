@@ -125,14 +125,19 @@ def part_cartpole(args) -> dict:
                         "median_train_cpu_seconds_to_500":
                             float(np.median([r["train_cpu_seconds"] for r in solved])) if solved else None,
                         "median_steps_to_500": float(np.median([r["reached_at"] for r in solved])) if solved else None,
-                        "median_steps_per_second": float(np.median([r["steps"] / r["train_seconds"] for r in mine])),
-                        "median_steps_per_cpu_second": float(np.median([r["steps"] / r["train_cpu_seconds"] for r in mine]))}
+                        **throughput(mine)}
     for key, name in (("median_train_seconds_to_500", "time_ratio_kit_over_sb3"),
                       ("median_train_cpu_seconds_to_500", "cpu_time_ratio_kit_over_sb3")):
         k, s = summary["kit"][key], summary["sb3"][key]
         summary[name] = (k / s) if (k and s) else None
     print("PPO CartPole-v1, kit vs SB3:", json.dumps(summary, indent=1), flush=True)
     return {"runs": rows, "summary": summary}
+
+
+def throughput(runs: list[dict]) -> dict:
+    """Median training steps per wall-clock and per CPU second over ``runs``."""
+    return {"median_steps_per_second": float(np.median([r["steps"] / r["train_seconds"] for r in runs])),
+            "median_steps_per_cpu_second": float(np.median([r["steps"] / r["train_cpu_seconds"] for r in runs]))}
 
 
 def part_speed(args) -> dict:
@@ -148,10 +153,7 @@ def part_speed(args) -> dict:
               f"wall, {sb3['steps'] / sb3['train_cpu_seconds']:.0f} per CPU s", flush=True)
     summary = {}
     for lib in ("kit", "sb3"):
-        mine = [r for r in rows if r["library"] == lib]
-        summary[lib] = {"median_steps_per_second": float(np.median([r["steps"] / r["train_seconds"] for r in mine])),
-                        "median_steps_per_cpu_second":
-                            float(np.median([r["steps"] / r["train_cpu_seconds"] for r in mine]))}
+        summary[lib] = throughput([r for r in rows if r["library"] == lib])
     summary["speedup_kit_over_sb3"] = summary["kit"]["median_steps_per_second"] / summary["sb3"]["median_steps_per_second"]
     summary["cpu_speedup_kit_over_sb3"] = (summary["kit"]["median_steps_per_cpu_second"]
                                            / summary["sb3"]["median_steps_per_cpu_second"])

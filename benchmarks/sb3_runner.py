@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from sb3_eval import episode_returns
 
 
 def main() -> None:
@@ -55,17 +56,7 @@ def main() -> None:
     def evaluate(model, env) -> float:
         """The kit's evaluation protocol (``Trainer.evaluate``): episode ``i`` starts from
         ``reset(seed=seed + 10000 + i)``, deterministic actions; the mean return."""
-        returns = []
-        for episode in range(args.eval_episodes):
-            obs, _ = env.reset(seed=args.seed + 10_000 + episode)
-            done, total = False, 0.0
-            while not done:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
-        return float(np.mean(returns))
+        return float(np.mean(episode_returns(model, env, args.eval_episodes, args.seed + 10_000)))
 
     class EvalAndStop(BaseCallback):
         def __init__(self):

@@ -17,6 +17,7 @@ import json
 import time
 
 import torch
+from sb3_eval import episode_returns
 
 
 def main() -> None:
@@ -70,17 +71,7 @@ def main() -> None:
     learn_cpu_sps = (model.num_timesteps - clock.n_start) / (clock.c_end - clock.c_start) if clock.t_start else float("nan")
 
     # deterministic evaluation, episode seeds eval_seed + i (the kit's evaluate() convention)
-    eval_env = gym.make(args.env)
-    returns = []
-    for i in range(args.eval_episodes):
-        obs, _ = eval_env.reset(seed=args.eval_seed + i)
-        done, total_r = False, 0.0
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, r, term, trunc, _ = eval_env.step(action)
-            total_r += float(r)
-            done = term or trunc
-        returns.append(total_r)
+    returns = episode_returns(model, gym.make(args.env), args.eval_episodes, args.eval_seed)
     print(json.dumps({"library": "sb3", "env": args.env, "seed": args.seed, "steps": int(model.num_timesteps),
                       "mean_reward": float(np.mean(returns)), "std_reward": float(np.std(returns)),
                       "learn_steps_per_second": learn_sps, "learn_steps_per_cpu_second": learn_cpu_sps,
