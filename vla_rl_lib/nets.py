@@ -395,17 +395,12 @@ class EnsembleLinear(nn.Module):
             nn.init.kaiming_uniform_(self.weight.data[i].T, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x, members: Optional[slice] = None):
-        """``x``: ``(n, B, in_dim)``, or ``(B, in_dim)`` shared by all members; ``members`` selects some."""
-        weight, bias = self.weight, self.bias
-        if members is not None:
-            weight, bias = weight[members], bias[members]
-            if x.dim() == 3 and x.shape[0] != weight.shape[0]:
-                x = x[members]
+    def forward(self, x):
+        """``x``: ``(n, B, in_dim)``, or ``(B, in_dim)`` shared by all members."""
         if x.dim() == 2:
-            x = x.expand(weight.shape[0], *x.shape)
+            x = x.expand(self.weight.shape[0], *x.shape)
         with self._precision(x) as x:
-            return torch.baddbmm(bias, x, weight)
+            return torch.baddbmm(self.bias, x, self.weight)
 
     def member(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Member ``i`` alone on ``x (B, in_dim)``: one 2-D matmul."""
@@ -444,13 +439,9 @@ class QEnsemble(nn.Module):
     def forward(self, obs, actions, members: Optional[slice] = None):
         """``(n, B)`` Q-values; ``members=slice(0, 1)`` computes only the first critic (``(1, B)``)."""
         x = torch.cat([obs, actions], dim=-1)
-        if x.dim() == 2 and x.shape[0] >= self.LOOP_ROWS:
-            return torch.stack([self._member(x, i) for i in range(self.n)[members or slice(None)]])
-        if members is None:
+        if members is None and not (x.dim() == 2 and x.shape[0] >= self.LOOP_ROWS):
             return self.net(x).squeeze(-1)
-        for layer in self.net:
-            x = layer(x, members) if isinstance(layer, EnsembleLinear) else layer(x)
-        return x.squeeze(-1)
+        return torch.stack([self._member(x, i) for i in range(self.n)[members or slice(None)]])
 
     def _member(self, x: torch.Tensor, i: int) -> torch.Tensor:
         for layer in self.net:
