@@ -16,6 +16,13 @@ Parts (``--parts``, comma separated):
 * ``equivalence``: SB3's first rollout and first update (20 epochs) replayed through the kit's GAE and
   learn() from SB3's initial weights; prints the largest differences (values, log-probabilities,
   advantages, weights after the update).
+* ``phases``: where the time of one PPO iteration (256 env steps: a rollout, then 20 updates) goes,
+  in CPU milliseconds: the kit's ``collect()`` and ``learn()``, SB3's ``collect_rollouts()`` and
+  ``train()`` (timed inside ``sb3_runner.py --time-phases``), and a **bare loop** of the same work in
+  plain torch (the same two 64x64 tanh networks as tensors, ``F.linear`` forward, the same loss,
+  backward, gradient clip and fused Adam; the rollout as policy forward + sample + vector-env step,
+  nothing stored). The bare loop is the floor for this computation on the machine, so SB3's time
+  over the bare loop's is the most any PPO written in PyTorch can gain per step here.
 * ``checkpoints``: the same two PPOs evaluated at fixed steps (every ``--eval-freq`` up to
   ``--max-steps``) without stopping, to compare learning per step across many seeds.
 * ``grpo``: GRPO and PPO on CartPole-v1 at equal environment steps (``--grpo-steps``): evaluation
@@ -224,6 +231,102 @@ def part_equivalence(args) -> dict:
     return results
 
 
+def bare_ppo_iteration_ms(trainer, iterations: int) -> dict:
+    """CPU ms of the bare loop's rollout (32 vector steps) and of one update, on ``trainer``'s
+    networks (copied into plain tensors) and last rollout (see ``phases`` in the module docstring)."""
+    import torch.nn.functional as F
+    from vla_rl_lib.nets import adam
+    from vla_rl_lib.online.ppo import clip_grad_norm, normalize_advantages
+    from vla_rl_lib.online.rollout import compute_gae
+
+    def tensors(seq):
+        return [t.detach().clone().requires_grad_() for m in seq if hasattr(m, "weight") for t in (m.weight, m.bias)]
+
+    pi, vf = tensors(trainer.policy.net), tensors(trainer.value_net.net)
+    params = pi + vf
+    opt = adam(params, ZOO["learning_rate"], eps=1e-5)
+
+    def net(w, x):
+        x = torch.tanh(F.linear(x, w[0], w[1]))
+        return F.linear(torch.tanh(F.linear(x, w[2], w[3])), w[4], w[5])
+
+    buf = trainer.buffer
+    adv, ret = compute_gae(buf.rewards, buf.values, buf.next_values, buf.terminations, buf.dones,
+                           ZOO["discount_gamma"], ZOO["ppo_gae_lambda"])
+    obs, actions = buf.flat_obs(), buf.actions.reshape(-1, 1)
+    old_log_probs, adv, ret = buf.log_probs.reshape(-1), normalize_advantages(adv.reshape(-1)), ret.reshape(-1)
+
+    def update():
+        log_pi = torch.log_softmax(net(pi, obs), -1)
+        ratio = (log_pi.gather(1, actions).squeeze(1) - old_log_probs).exp()
+        loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean() + 0.5 * F.mse_loss(net(vf, obs).squeeze(1), ret)
+        for p in params:
+            p.grad = None
+        loss.backward()
+        clip_grad_norm(params, 0.5)
+        opt.step()
+
+    envs = trainer.envs
+    state = {"obs": envs.reset(seed=0)[0]}
+
+    @torch.inference_mode()
+    def rollout():
+        for _ in range(ZOO["rollout_steps"]):
+            cdf = torch.softmax(net(pi, torch.as_tensor(state["obs"])), -1).cumsum(-1)
+            action = (cdf < torch.rand(cdf.shape[0], 1)).sum(-1).clamp_(max=cdf.shape[1] - 1)
+            state["obs"] = envs.step(action.numpy())[0]
+
+    out = {}
+    for name, fn, reps in (("rollout", rollout, 1), ("update", update, ZOO["ppo_epochs"])):
+        for _ in range(3 * reps):
+            fn()
+        c = time.process_time()
+        for _ in range(iterations * reps):
+            fn()
+        out[name] = (time.process_time() - c) / (iterations * reps) * 1e3
+    return out
+
+
+def part_phases(args) -> dict:
+    """CPU time per phase of one PPO iteration: kit, SB3 and the bare loop (module docstring)."""
+    from vla_rl_lib import PPOTrainer, RLConfig
+
+    iterations = 40
+    rows = []
+    for seed in args.seeds:
+        trainer = PPOTrainer(config=RLConfig(env="CartPole-v1", **ZOO, total_timesteps=10**6, eval_freq=0,
+                                             save_freq=0, seed=seed, device="cpu",
+                                             output_dir=tempfile.mkdtemp(prefix="ppo_phases_")))
+        times = {"collect": 0.0, "learn": 0.0}
+        for i in range(3 + iterations):
+            for name in times:
+                c = time.process_time()
+                getattr(trainer, name)()
+                if i >= 3:
+                    times[name] += time.process_time() - c
+        kit = {"rollout": times["collect"] / iterations * 1e3, "update": times["learn"] / iterations / ZOO["ppo_epochs"] * 1e3}
+        bare = bare_ppo_iteration_ms(trainer, iterations)
+        cmd = [args.sb3_python, str(HERE / "sb3_runner.py"), "--seed", str(seed), "--time-phases", str(iterations)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"SB3 runner failed: {done.stderr[-2000:]}")
+        sb3 = json.loads(done.stdout.strip().splitlines()[-1])
+        row = {"seed": seed}
+        for lib, t in (("kit", kit), ("sb3", sb3), ("bare", bare)):
+            t = {**t, "iteration": t["rollout"] + ZOO["ppo_epochs"] * t["update"]}
+            row[lib] = t
+            print(f"  seed {seed} {lib:4s}: rollout {t['rollout']:.2f} ms, update {t['update']:.3f} ms, "
+                  f"iteration (rollout + {ZOO['ppo_epochs']} updates) {t['iteration']:.2f} ms", flush=True)
+        rows.append(row)
+    summary = {lib: {k: float(np.median([r[lib][k] for r in rows])) for k in ("rollout", "update", "iteration")}
+               for lib in ("kit", "sb3", "bare")}
+    summary["sb3_over_kit"] = summary["sb3"]["iteration"] / summary["kit"]["iteration"]
+    summary["sb3_over_bare"] = summary["sb3"]["iteration"] / summary["bare"]["iteration"]
+    summary["kit_over_bare"] = summary["bare"]["iteration"] / summary["kit"]["iteration"]
+    print("PPO iteration phases (CPU ms, medians):", json.dumps(summary, indent=1), flush=True)
+    return {"runs": rows, "summary": summary}
+
+
 def part_checkpoints(args) -> dict:
     """Evaluation means of kit and SB3 PPO at fixed steps (every --eval-freq up to --max-steps), no early stop."""
     rows = []
@@ -324,7 +427,7 @@ def main() -> None:
     for part in args.parts.split(","):
         print(f"== {part} ==", flush=True)
         results[part] = {"cartpole": part_cartpole, "speed": part_speed, "equivalence": part_equivalence,
-                         "checkpoints": part_checkpoints, "grpo": part_grpo,
+                         "checkpoints": part_checkpoints, "phases": part_phases, "grpo": part_grpo,
                          "mujoco": part_mujoco}[part](args)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

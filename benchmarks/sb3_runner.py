@@ -45,6 +45,9 @@ def main() -> None:
     p.add_argument("--dump-first-update", default=None, metavar="NPZ",
                    help="instead of training: collect one rollout, run one update (n_epochs passes) and save the "
                         "rollout buffer, the last observation and the weights before and after it to NPZ")
+    p.add_argument("--time-phases", type=int, default=0, metavar="N",
+                   help="instead of training to a threshold: train 3 + N iterations and print the CPU ms of "
+                        "collect_rollouts() and train() per iteration over the last N")
     args = p.parse_args()
     torch.set_num_threads(1)
 
@@ -88,6 +91,9 @@ def main() -> None:
     if args.dump_first_update:
         dump_first_update(model, args.dump_first_update)
         return
+    if args.time_phases:
+        time_phases(model, args.time_phases)
+        return
     cb = EvalAndStop()
     t0, c0 = time.perf_counter(), time.process_time()
     model.learn(total_timesteps=args.max_steps, callback=cb)
@@ -106,6 +112,26 @@ def main() -> None:
                       "train_seconds": total - cb.eval_seconds, "eval_seconds": cb.eval_seconds,
                       "train_cpu_seconds": total_cpu - cb.eval_cpu_seconds,
                       "steps": int(model.num_timesteps), "curve": cb.curve}))
+
+
+def time_phases(model, iterations: int) -> None:
+    """CPU milliseconds of ``collect_rollouts()`` per rollout and of ``train()`` per gradient step,
+    over ``iterations`` iterations after 3 warm-up ones."""
+    spent = {"collect_rollouts": [], "train": []}
+    for name in spent:
+        inner = getattr(model, name)
+
+        def timed(*a, _inner=inner, _name=name, **kw):
+            c = time.process_time()
+            out = _inner(*a, **kw)
+            spent[_name].append(time.process_time() - c)
+            return out
+
+        setattr(model, name, timed)
+    model.learn(total_timesteps=(3 + iterations) * model.n_steps * model.n_envs)
+    updates = model.n_epochs * max(1, model.n_steps * model.n_envs // model.batch_size)
+    print(json.dumps({"rollout": float(np.mean(spent["collect_rollouts"][3:])) * 1e3,
+                      "update": float(np.mean(spent["train"][3:])) * 1e3 / updates}))
 
 
 def dump_first_update(model, path: str) -> None:

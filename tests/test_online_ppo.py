@@ -71,6 +71,20 @@ def test_compute_gae_bootstraps_truncation_but_not_termination():
     assert adv2[:, 0].tolist() == [0.0, 0.0, 5.0]
 
 
+def test_categorical_policy_samples_by_inversion_with_the_softmax_probabilities():
+    torch.manual_seed(0)
+    policy = CategoricalPolicy(3, 4)
+    with torch.no_grad():
+        policy.net[-1].bias.copy_(torch.tensor([1.5, 0.0, -1.0, 0.7]))
+    obs = torch.zeros(40_000, 3)
+    actions, log_probs, value = policy.act(obs)
+    probs = torch.softmax(policy.net(obs[:1]), -1)[0]
+    freq = torch.bincount(actions, minlength=4).float() / len(actions)
+    assert value is None and actions.dtype == torch.long and int(actions.max()) <= 3
+    assert torch.allclose(freq, probs, atol=0.01), (freq, probs)  # 4 sigma of a 40k-sample frequency
+    assert torch.allclose(log_probs, probs.log()[actions], atol=1e-6)
+
+
 def test_clipped_surrogate_value_and_gradient():
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
     ratio = torch.tensor([1.1, 1.5, 0.9, 0.5], requires_grad=True)

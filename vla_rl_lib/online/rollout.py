@@ -216,13 +216,12 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.
     Returns ``(advantages, returns)``, both ``(T, N)``.
     """
     not_term = 1.0 - terminations.to(rewards.dtype)
-    not_done = 1.0 - dones.to(rewards.dtype)
+    decay = (1.0 - dones.to(rewards.dtype)) * (gamma * gae_lambda)  # gamma * lambda * (1 - done_t)
     deltas = rewards + gamma * next_values * not_term - values
-    advantages = torch.zeros_like(rewards)
+    advantages = torch.empty_like(rewards)
     last = torch.zeros_like(rewards[0])
     for t in range(rewards.shape[0] - 1, -1, -1):
-        last = deltas[t] + gamma * gae_lambda * not_done[t] * last
-        advantages[t] = last
+        last = torch.addcmul(deltas[t], decay[t], last, out=advantages[t])  # delta_t + decay_t * A_{t+1}
     return advantages, advantages + values
 
 
