@@ -55,6 +55,21 @@ def test_hidden_layers_run_in_bf16_and_outputs_in_float32(tmp_path):
 
 
 @needs_bf16
+def test_a_network_stepped_inside_one_update_is_seen_with_its_new_weights(tmp_path):
+    """TD3+BC's actor loss reads the critic its own update has just stepped: under bf16 autocast it
+    must see the new weights, not the bf16 copies autocast cached before the optimiser step."""
+    trainer = TD3BCTrainer(3, 1, config=_config(tmp_path))
+    net = mlp(5, 1, (16, 16))
+    x = torch.randn(4, 5)
+    with trainer.autocast():
+        before = net(x)
+        with torch.no_grad():
+            net[0].weight.mul_(10.0)  # what an optimiser step does: an in-place change of the weights
+        after = net(x)
+    assert not torch.allclose(before, after)
+
+
+@needs_bf16
 def test_float32_output_keeps_large_values_exact_enough():
     """A bfloat16 output of ~300 would be rounded to a multiple of 2; the float32 output layer is not."""
     torch.manual_seed(0)

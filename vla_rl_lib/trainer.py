@@ -598,7 +598,9 @@ class OfflineTrainer(Trainer):
         """The context ``update`` runs in: bfloat16 autocast for ``config.precision="bf16"``, else nothing.
 
         Weights, optimiser state and the networks' output layers stay float32 (``nets.OutputLinear``);
-        evaluation and ``predict`` always run in float32."""
+        evaluation and ``predict`` always run in float32. Autocast's weight cache is off: an update
+        steps several optimisers in one region (TD3+BC's actor loss reads the critic it has just
+        stepped), and the cache would hand out bf16 copies of the weights from before the step."""
         if self.config.precision != "bf16":
             return contextlib.nullcontext()
         kind = self.device.type
@@ -606,7 +608,7 @@ class OfflineTrainer(Trainer):
             raise ConfigError(f"precision='bf16' needs native bfloat16 on the {kind} device (a CPU with "
                               "AVX512-BF16 or AMX, or an Ampere or newer GPU); without it bf16 is slower than "
                               "float32. Use precision='fp32'.")
-        return torch.autocast(kind, dtype=torch.bfloat16)
+        return torch.autocast(kind, dtype=torch.bfloat16, cache_enabled=False)
 
     def _flush_check(self) -> None:
         """Check pending metrics before a checkpoint so a diverged network is never saved."""
