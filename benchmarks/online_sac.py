@@ -67,6 +67,18 @@ def run_kit(env_id: str, steps: int, seed: int, args) -> dict:
             clock["t1"], clock["c1"], clock["n1"] = time.perf_counter(), time.process_time(), t.global_step
             return None
 
+    # the update work (replay sampling + update, i.e. what the raw loop does) timed inside this same
+    # run, so the trainer's overhead is measured under exactly the load the trainer ran under
+    work, learn = {"cpu": 0.0}, trainer.learn
+
+    def timed_learn():
+        c = time.process_time()
+        out = learn()
+        if "c0" in clock:  # inside the timed window (from the first step after learning_starts)
+            work["cpu"] += time.process_time() - c
+        return out
+
+    trainer.learn = timed_learn
     t0 = time.perf_counter()
     trainer.train(callbacks=[Clock()])
     total = time.perf_counter() - t0
@@ -76,6 +88,7 @@ def run_kit(env_id: str, steps: int, seed: int, args) -> dict:
     return {"library": "kit", "env": env_id, "seed": seed, "steps": trainer.global_step,
             "mean_reward": ev["mean_reward"], "std_reward": ev["std_reward"], "learn_steps_per_second": sps,
             "learn_steps_per_cpu_second": cpu_sps, "total_seconds": total,
+            "update_work_share": work["cpu"] / (clock["c1"] - clock["c0"]),
             **({"curve": curve, "note": "speed includes the periodic evaluations"} if args.curve_every else {})}
 
 
@@ -239,6 +252,10 @@ def summarize(rows: list[dict]) -> str:
                 if raw in libs:
                     parts.append(f"kit/{raw} {kit / np.mean(libs[raw]):.2f}")
             lines.append("; ".join(parts))
+    for r in rows:
+        if "update_work_share" in r:
+            lines.append(f"{r['env']} seed {r['seed']}: the update work (sampling + update, as the raw loop) is "
+                         f"{100 * r['update_work_share']:.1f}% of the kit's learning-phase CPU time in the same run")
     return "\n".join(lines)
 
 

@@ -206,12 +206,14 @@ class Policy(nn.Module):
         single = x.dim() == 1
         if single:
             x = x.unsqueeze(0)
-        was_training = self.training
-        self.eval()
+        was_training = self.training  # (a trainer's evaluate() switches once for all its steps)
+        if was_training:
+            self.eval()
         try:
             action = self.get_action(x, deterministic=deterministic).cpu().numpy()
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         return action[0] if single else action
 
 
