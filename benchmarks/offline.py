@@ -6,9 +6,11 @@ For each method and seed, on one dataset, in the same run:
 * **d3rlpy**: the same algorithm in d3rlpy 2.x (run by ``benchmarks/d3rlpy_runner.py`` with the
   python of d3rlpy's own virtual environment, ``--d3rlpy-python``; d3rlpy pins gymnasium 1.0), with
   the same network sizes, batch size, learning rates, data preprocessing and step count;
-* **raw loop** (seed 0 only, no evaluation): the kit's own networks and optimisers driven by a bare
-  ``for`` loop that samples a batch and does only the method's forward/backward/optimizer work (no
-  trainer, no metrics, no logging) -- the machine's limit for that computation.
+* **raw loop** (during the first seed's kit run): the kit's own networks and optimisers (a separate
+  copy) driven by a bare ``for`` loop that samples a batch and does only the method's
+  forward/backward/optimizer work (no trainer, no metrics, no logging) -- the machine's limit for
+  that computation. It runs in bursts of ``--raw-burst`` steps after every ``--raw-every`` steps of
+  the trainer, so both are timed under the same load; the bursts' time is taken out of the kit's.
 
 Reported: D4RL-normalised score (mean +- std over seeds, each seed the mean of ``--eval-episodes``
 episodes) and gradient steps per second (timed from the end of the first step to the end of the last,
@@ -112,14 +114,51 @@ class StepClock:
         return None
 
 
-def run_kit(method, data, obs_dim, act_dim, env_id, args, seed, workdir) -> dict:
+class InterleavedRaw(StepClock):
+    """A StepClock that runs ``raw(n)`` for ``burst`` steps after every ``every`` trainer steps and
+    keeps the bursts' time apart (the trainer's clock is corrected by it)."""
+
+    def __init__(self, raw, every: int, burst: int):
+        super().__init__()
+        self.raw, self.every, self.burst = raw, every, burst
+        self.raw_seconds = self.raw_cpu_seconds = 0.0
+        self.raw_steps = 0
+
+    def on_step(self, trainer):
+        super().on_step(trainer)
+        step = trainer.global_step
+        if step % self.every == 0 and step < trainer.total_steps:  # (a burst after the last step is outside the clock)
+            t, c = time.perf_counter(), time.process_time()
+            self.raw(self.burst)
+            self.raw_seconds += time.perf_counter() - t
+            self.raw_cpu_seconds += time.process_time() - c
+            self.raw_steps += self.burst
+        return None
+
+
+def make_raw(method, data, obs_dim, act_dim, args, workdir):
+    """``raw(n)``: ``n`` steps of the method's raw loop on a separate trainer's networks and buffer."""
+    trainer = make_trainer(method, obs_dim, act_dim, args, 0, workdir / f"raw_{method}")
+    trainer.attach_buffer(make_buffer(method, data, obs_dim, act_dim))  # the trainer's normaliser, bounds, DT index
+    gen = torch.Generator().manual_seed(0)
+
+    def raw(n):
+        with trainer.autocast():  # the same precision as the trainer's updates
+            RAW[method](trainer, trainer.buffer, n, gen)
+
+    raw(1)  # warm-up, as the others' clocks start after their first step
+    return raw
+
+
+def run_kit(method, data, obs_dim, act_dim, env_id, args, seed, workdir, raw=None) -> dict:
     torch.manual_seed(seed)
     trainer = make_trainer(method, obs_dim, act_dim, args, seed, workdir / f"kit_{method}_{seed}")
     buffer = make_buffer(method, data, obs_dim, act_dim)
-    clock = StepClock()
+    clock = StepClock() if raw is None else InterleavedRaw(raw, args.raw_every, args.raw_burst)
     trainer.train(buffer, callbacks=[clock])
-    sps = (args.steps - 1) / max(clock.last - clock.first, 1e-9)
-    cpu_sps = (args.steps - 1) / max(clock.cpu_last - clock.cpu_first, 1e-9)
+    raw_wall, raw_cpu = getattr(clock, "raw_seconds", 0.0), getattr(clock, "raw_cpu_seconds", 0.0)
+    sps = (args.steps - 1) / max(clock.last - clock.first - raw_wall, 1e-9)
+    cpu_sps = (args.steps - 1) / max(clock.cpu_last - clock.cpu_first - raw_cpu, 1e-9)
     returns = []
     if args.eval_episodes:
         res = trainer.evaluate(num_episodes=args.eval_episodes, env=env_id, seed=10_000)
@@ -127,6 +166,9 @@ def run_kit(method, data, obs_dim, act_dim, env_id, args, seed, workdir) -> dict
     out = {"steps_per_second": sps, "cpu_steps_per_second": cpu_sps, "mean_return": float(np.mean(returns)) if returns else None}
     if method == "dt":
         out["target_return"] = float(trainer.policy.target_return)
+    if raw is not None:
+        out["raw"] = {"steps_per_second": clock.raw_steps / max(raw_wall, 1e-9),
+                      "cpu_steps_per_second": clock.raw_steps / max(raw_cpu, 1e-9), "steps": clock.raw_steps}
     return out
 
 
@@ -258,20 +300,6 @@ RAW = {"iql": without_distribution_checks(raw_iql), "cql": without_distribution_
        "td3_bc": raw_td3_bc, "dt": raw_dt}
 
 
-def run_raw(method, data, obs_dim, act_dim, args, workdir) -> dict:
-    trainer = make_trainer(method, obs_dim, act_dim, args, 0, workdir / f"raw_{method}")
-    buffer = make_buffer(method, data, obs_dim, act_dim)
-    trainer.attach_buffer(buffer)  # the same normaliser, bounds and (DT) episode index as the trainer's
-    gen = torch.Generator().manual_seed(0)
-    steps = args.raw_steps or args.steps
-    with trainer.autocast():  # the same precision as the trainer's updates
-        RAW[method](trainer, trainer.buffer, 1, gen)  # warm-up step, as the others' clocks start after step 1
-        start, cpu = time.perf_counter(), time.process_time()
-        RAW[method](trainer, trainer.buffer, steps - 1, gen)
-    return {"steps_per_second": (steps - 1) / (time.perf_counter() - start),
-            "cpu_steps_per_second": (steps - 1) / max(time.process_time() - cpu, 1e-9), "steps": steps}
-
-
 # ------------------------------------------------------------------------------------------------
 # d3rlpy, through its own python
 # ------------------------------------------------------------------------------------------------
@@ -315,7 +343,8 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="hopper-medium-v0", help="kit dataset name, D4RL name or .hdf5 path")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--steps", type=int, default=20_000, help="gradient steps per run")
-    p.add_argument("--raw-steps", type=int, default=0, help="steps of the raw loop (default: --steps)")
+    p.add_argument("--raw-every", type=int, default=100, help="a raw-loop burst after every this many kit steps")
+    p.add_argument("--raw-burst", type=int, default=20, help="raw-loop steps per burst")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256)
@@ -353,16 +382,17 @@ def main(argv=None) -> int:
         for method in methods:
             entry = results["methods"].setdefault(method, {"kit": [], "d3rlpy": [], "raw": None})
             for seed in seeds:
-                kit = run_kit(method, data, obs_dim, act_dim, env_id, args, seed, workdir)
+                raw = None if (args.no_raw or seed != seeds[0]) else make_raw(method, data, obs_dim, act_dim, args, workdir)
+                kit = run_kit(method, data, obs_dim, act_dim, env_id, args, seed, workdir, raw)
+                if raw is not None:
+                    entry["raw"] = kit.pop("raw")
+                    print(f"  {method} raw loop     : {entry['raw']} (interleaved with seed {seed}'s kit run)", flush=True)
                 entry["kit"].append(kit)
                 print(f"  {method} seed {seed} kit    : {kit}", flush=True)
                 if not args.no_d3rlpy:
                     d3 = run_d3rlpy(method, npz, env_id, args, seed, kit.get("target_return"))
                     entry["d3rlpy"].append(d3)
                     print(f"  {method} seed {seed} d3rlpy : {d3}", flush=True)
-            if not args.no_raw:
-                entry["raw"] = run_raw(method, data, obs_dim, act_dim, args, workdir)
-                print(f"  {method} raw loop     : {entry['raw']}", flush=True)
 
     corl = name == "hopper-medium-v2"
     head = ("| method | kit score | d3rlpy score |" + (" CORL last |" if corl else "")
