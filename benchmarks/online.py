@@ -231,9 +231,9 @@ def part_equivalence(args) -> dict:
     return results
 
 
-def bare_ppo_iteration_ms(trainer, iterations: int) -> dict:
-    """CPU ms of the bare loop's rollout (32 vector steps) and of one update, on ``trainer``'s
-    networks (copied into plain tensors) and last rollout (see ``phases`` in the module docstring)."""
+def bare_ppo(trainer):
+    """The bare loop's ``rollout()`` (32 vector steps) and ``update()`` (one gradient step) on a copy
+    of ``trainer``'s networks (plain tensors) and on its last rollout (see ``phases`` above)."""
     import torch.nn.functional as F
     from vla_rl_lib.nets import adam
     from vla_rl_lib.online.ppo import clip_grad_norm, normalize_advantages
@@ -253,8 +253,8 @@ def bare_ppo_iteration_ms(trainer, iterations: int) -> dict:
     buf = trainer.buffer
     adv, ret = compute_gae(buf.rewards, buf.values, buf.next_values, buf.terminations, buf.dones,
                            ZOO["discount_gamma"], ZOO["ppo_gae_lambda"])
-    obs, actions = buf.flat_obs(), buf.actions.reshape(-1, 1)
-    old_log_probs, adv, ret = buf.log_probs.reshape(-1), normalize_advantages(adv.reshape(-1)), ret.reshape(-1)
+    obs, actions = buf.flat_obs().clone(), buf.actions.reshape(-1, 1).clone()
+    old_log_probs, adv, ret = buf.log_probs.reshape(-1).clone(), normalize_advantages(adv.reshape(-1)), ret.reshape(-1)
 
     def update():
         log_pi = torch.log_softmax(net(pi, obs), -1)
@@ -266,7 +266,7 @@ def bare_ppo_iteration_ms(trainer, iterations: int) -> dict:
         clip_grad_norm(params, 0.5)
         opt.step()
 
-    envs = trainer.envs
+    envs = type(trainer.envs)(num_envs=trainer.num_envs)  # its own copy of the kit's batched CartPole
     state = {"obs": envs.reset(seed=0)[0]}
 
     @torch.inference_mode()
@@ -276,19 +276,12 @@ def bare_ppo_iteration_ms(trainer, iterations: int) -> dict:
             action = (cdf < torch.rand(cdf.shape[0], 1)).sum(-1).clamp_(max=cdf.shape[1] - 1)
             state["obs"] = envs.step(action.numpy())[0]
 
-    out = {}
-    for name, fn, reps in (("rollout", rollout, 1), ("update", update, ZOO["ppo_epochs"])):
-        for _ in range(3 * reps):
-            fn()
-        c = time.process_time()
-        for _ in range(iterations * reps):
-            fn()
-        out[name] = (time.process_time() - c) / (iterations * reps) * 1e3
-    return out
+    return rollout, update
 
 
 def part_phases(args) -> dict:
-    """CPU time per phase of one PPO iteration: kit, SB3 and the bare loop (module docstring)."""
+    """CPU time per phase of one PPO iteration: kit and the bare loop interleaved iteration by
+    iteration (the same load for both), then SB3 (module docstring)."""
     from vla_rl_lib import PPOTrainer, RLConfig
 
     iterations = 40
@@ -297,15 +290,21 @@ def part_phases(args) -> dict:
         trainer = PPOTrainer(config=RLConfig(env="CartPole-v1", **ZOO, total_timesteps=10**6, eval_freq=0,
                                              save_freq=0, seed=seed, device="cpu",
                                              output_dir=tempfile.mkdtemp(prefix="ppo_phases_")))
-        times = {"collect": 0.0, "learn": 0.0}
+        for _ in range(3):
+            trainer.collect(), trainer.learn()
+        bare_rollout, bare_update = bare_ppo(trainer)
+        steps = {"kit rollout": trainer.collect, "kit learn": trainer.learn, "bare rollout": bare_rollout,
+                 "bare learn": lambda: [bare_update() for _ in range(ZOO["ppo_epochs"])]}
+        spent = dict.fromkeys(steps, 0.0)
         for i in range(3 + iterations):
-            for name in times:
+            for name, fn in steps.items():
                 c = time.process_time()
-                getattr(trainer, name)()
+                fn()
                 if i >= 3:
-                    times[name] += time.process_time() - c
-        kit = {"rollout": times["collect"] / iterations * 1e3, "update": times["learn"] / iterations / ZOO["ppo_epochs"] * 1e3}
-        bare = bare_ppo_iteration_ms(trainer, iterations)
+                    spent[name] += time.process_time() - c
+        ms = {k: v / iterations * 1e3 for k, v in spent.items()}
+        kit = {"rollout": ms["kit rollout"], "update": ms["kit learn"] / ZOO["ppo_epochs"]}
+        bare = {"rollout": ms["bare rollout"], "update": ms["bare learn"] / ZOO["ppo_epochs"]}
         cmd = [args.sb3_python, str(HERE / "sb3_runner.py"), "--seed", str(seed), "--time-phases", str(iterations)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
