@@ -309,14 +309,13 @@ class TanhGaussianPolicy(Policy):
             shape = (mean.shape[0] * num_samples, mean.shape[1])
             mean = mean.unsqueeze(1).expand(-1, num_samples, -1).reshape(shape)
             log_std = log_std.unsqueeze(1).expand(-1, num_samples, -1).reshape(shape)
-        if deterministic:
-            u = mean
-        else:
-            u = mean + log_std.exp() * torch.randn_like(mean)
+        noise = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)
+        u = mean + log_std.exp() * noise
         a = torch.tanh(u)
-        # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), numerically stable
-        log_prob = (Normal(mean, log_std.exp()).log_prob(u) - 2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        return a, log_prob
+        # log N(u; mean, sigma) = -noise^2 / 2 - log sigma - log sqrt(2 pi)   (u = mean + sigma * noise)
+        # log(1 - tanh(u)^2)    = 2 * (log 2 - u - softplus(-2u)), numerically stable
+        log_prob = (-0.5 * noise.pow(2) - log_std - 2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return a, log_prob - 0.5 * math.log(2 * math.pi) * mean.shape[-1]
 
     def get_action(self, obs, deterministic=False):
         return self.scale_action(self.sample(obs, deterministic)[0])
