@@ -142,8 +142,8 @@ def make_raw(method, data, obs_dim, act_dim, args, workdir):
     trainer.attach_buffer(make_buffer(method, data, obs_dim, act_dim))  # the trainer's normaliser, bounds, DT index
     gen = torch.Generator().manual_seed(0)
 
-    def raw(n):
-        with trainer.autocast():  # the same precision as the trainer's updates
+    def raw(n):  # its own random numbers: the kit run it is interleaved with draws the same ones as without it
+        with torch.random.fork_rng(devices=[]), trainer.autocast():  # (and the trainer's precision)
             RAW[method](trainer, trainer.buffer, n, gen)
 
     raw(1)  # warm-up, as the others' clocks start after their first step

@@ -371,7 +371,7 @@ class CategoricalPolicy(DistributionPolicy):
 
     def act(self, obs):
         """Sample by inversion: the first action whose cumulative probability exceeds ``u ~ U(0, 1)``
-        (the same distribution as ``torch.multinomial``, in a third of its time for a few actions)."""
+        (the same distribution as ``torch.multinomial``, in about half its time for a few actions)."""
         log_pi = self._log_pi(obs)
         u = torch.rand(log_pi.shape[0], 1, device=log_pi.device)
         actions = (log_pi.exp().cumsum(-1) < u).sum(-1, keepdim=True).clamp_(max=self.n_actions - 1)
