@@ -225,15 +225,15 @@ def raw_cql(t, buffer, steps, gen):
         qf.requires_grad_(False)
         pi_loss = (alpha * log_pi - qf(obs, new_a).min(0).values).mean()
         qf.requires_grad_(True)
-        t.actor_optimizer.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        t.actor_optimizer.step()
         with torch.no_grad():
             na, _ = actor.sample(nraw)
             y = b["rewards"] + gamma * (1 - b["dones"]) * qft(nobs, na).min(0).values
             pa, plog = actor.sample(raw, num_samples=n)
             npa, nplog = actor.sample(nraw, num_samples=n)
             ra = torch.rand(bs * n, act_dim) * 2 - 1
+        t.actor_optimizer.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        t.actor_optimizer.step()
         q = qf(torch.cat([obs, obs.repeat_interleave(n, 0).repeat(3, 1)]), torch.cat([a, ra, pa, npa]))
         qd = q[:, :bs]
         qr, qp, qn = q[:, bs:].reshape(q.shape[0], 3, bs, n).unbind(1)

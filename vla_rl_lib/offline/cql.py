@@ -179,11 +179,9 @@ class CQLTrainer(ActorCriticOfflineTrainer):
             q_new = self.qf(obs, new_actions).min(dim=0).values
             self.qf.requires_grad_(True)
             policy_loss = sac_policy_loss(log_pi, q_new, alpha)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        policy_loss.backward()
-        self.actor_optimizer.step()
 
-        # 2. TD target from the target critics at a' ~ pi(.|s')
+        # 2. TD target from the target critics at a' ~ pi(.|s') (sampled, like the penalty's actions below,
+        #    from the actor before this step's update, as in CORL and the authors' code)
         with torch.no_grad():
             next_actions, next_log_pi = self.actor.sample(next_raw)
             target_q = self.qf_target(next_obs, next_actions).min(dim=0).values
@@ -196,6 +194,9 @@ class CQLTrainer(ActorCriticOfflineTrainer):
             random_actions = torch.rand(batch_size * n_samples, act_dim, device=obs.device) * 2 - 1
             pi_actions, pi_log = self.actor.sample(obs_raw, num_samples=n_samples)
             next_pi_actions, next_pi_log = self.actor.sample(next_raw, num_samples=n_samples)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        policy_loss.backward()
+        self.actor_optimizer.step()
 
         # 3. critics: one fused forward over data, uniform and policy actions
         obs_all = torch.cat([obs, obs.repeat_interleave(n_samples, dim=0).repeat(3, 1)])
