@@ -93,6 +93,8 @@ class StepClock:
 
     def __init__(self):
         self.first = self.last = self.cpu_first = self.cpu_last = None
+        self.raw_seconds = self.raw_cpu_seconds = 0.0  # time spent inside the clock on other work (InterleavedRaw)
+        self.raw_steps = 0
 
     def on_train_start(self, trainer):
         return None
@@ -121,8 +123,6 @@ class InterleavedRaw(StepClock):
     def __init__(self, raw, every: int, burst: int):
         super().__init__()
         self.raw, self.every, self.burst = raw, every, burst
-        self.raw_seconds = self.raw_cpu_seconds = 0.0
-        self.raw_steps = 0
 
     def on_step(self, trainer):
         super().on_step(trainer)
@@ -156,7 +156,7 @@ def run_kit(method, data, obs_dim, act_dim, env_id, args, seed, workdir, raw=Non
     buffer = make_buffer(method, data, obs_dim, act_dim)
     clock = StepClock() if raw is None else InterleavedRaw(raw, args.raw_every, args.raw_burst)
     trainer.train(buffer, callbacks=[clock])
-    raw_wall, raw_cpu = getattr(clock, "raw_seconds", 0.0), getattr(clock, "raw_cpu_seconds", 0.0)
+    raw_wall, raw_cpu = clock.raw_seconds, clock.raw_cpu_seconds
     sps = (args.steps - 1) / max(clock.last - clock.first - raw_wall, 1e-9)
     cpu_sps = (args.steps - 1) / max(clock.cpu_last - clock.cpu_first - raw_cpu, 1e-9)
     returns = []

@@ -104,13 +104,17 @@ def kit_ppo_cartpole(seed: int, max_steps: int, eval_freq: int, threshold: float
             "steps": trainer.global_step, "curve": timed.curve}
 
 
-def sb3_ppo_cartpole(python: str, seed: int, max_steps: int, eval_freq: int, threshold: float = 500.0) -> dict:
-    cmd = [python, str(HERE / "sb3_runner.py"), "--seed", str(seed), "--max-steps", str(max_steps),
-           "--eval-freq", str(eval_freq), "--threshold", str(threshold)]
+def run_sb3_runner(python: str, seed: int, *options) -> dict:
+    """Run ``sb3_runner.py`` with SB3's python and return the JSON line it prints last."""
+    cmd = [python, str(HERE / "sb3_runner.py"), "--seed", str(seed), *map(str, options)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"SB3 runner failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def sb3_ppo_cartpole(python: str, seed: int, max_steps: int, eval_freq: int, threshold: float = 500.0) -> dict:
+    return run_sb3_runner(python, seed, "--max-steps", max_steps, "--eval-freq", eval_freq, "--threshold", threshold)
 
 
 def part_cartpole(args) -> dict:
@@ -180,10 +184,7 @@ def part_equivalence(args) -> dict:
     results = {}
     for seed in args.seeds:
         path = Path(tempfile.mkdtemp(prefix="ppo_equiv_")) / "sb3.npz"
-        cmd = [args.sb3_python, str(HERE / "sb3_runner.py"), "--seed", str(seed), "--dump-first-update", str(path)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"SB3 runner failed: {done.stderr[-2000:]}")
+        run_sb3_runner(args.sb3_python, seed, "--dump-first-update", path)
         d = np.load(path)
         steps, n = d["values"].shape
         trainer = PPOTrainer(config=RLConfig(env="CartPole-v1", **ZOO, total_timesteps=steps * n, eval_freq=0,
@@ -305,11 +306,7 @@ def part_phases(args) -> dict:
         ms = {k: v / iterations * 1e3 for k, v in spent.items()}
         kit = {"rollout": ms["kit rollout"], "update": ms["kit learn"] / ZOO["ppo_epochs"]}
         bare = {"rollout": ms["bare rollout"], "update": ms["bare learn"] / ZOO["ppo_epochs"]}
-        cmd = [args.sb3_python, str(HERE / "sb3_runner.py"), "--seed", str(seed), "--time-phases", str(iterations)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"SB3 runner failed: {done.stderr[-2000:]}")
-        sb3 = json.loads(done.stdout.strip().splitlines()[-1])
+        sb3 = run_sb3_runner(args.sb3_python, seed, "--time-phases", iterations)
         row = {"seed": seed}
         for lib, t in (("kit", kit), ("sb3", sb3), ("bare", bare)):
             t = {**t, "iteration": t["rollout"] + ZOO["ppo_epochs"] * t["update"]}

@@ -69,7 +69,9 @@ class MLP(nn.Sequential):
 
     def forward(self, x):
         for layer in self._modules.values():
-            x = layer(x) if (layer._forward_hooks or layer._forward_pre_hooks) else layer.forward(x)
+            hooked = (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
+                      or layer._backward_pre_hooks)
+            x = layer(x) if hooked else layer.forward(x)
         return x
 
 
