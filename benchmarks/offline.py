@@ -216,24 +216,13 @@ def raw_cql(t, buffer, steps, gen):
         obs, nobs = actor.normalize(raw), actor.normalize(nraw)
         a = actor.unscale_action(b["actions"])
         act_dim = a.shape[1]
-        new_a, log_pi = actor.sample(raw)
-        alpha_loss = -(t.log_alpha() * (log_pi.detach() + t.target_entropy)).mean()
-        t.alpha_optimizer.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        t.alpha_optimizer.step()
         alpha = t.log_alpha().exp().detach()
-        qf.requires_grad_(False)
-        pi_loss = (alpha * log_pi - qf(obs, new_a).min(0).values).mean()
-        qf.requires_grad_(True)
         with torch.no_grad():
-            na, _ = actor.sample(nraw)
+            na, _ = actor.sample(nraw, deterministic=t.hparams.target_action == "mean")
             y = b["rewards"] + gamma * (1 - b["dones"]) * qft(nobs, na).min(0).values
+            ra = torch.rand(bs * n, act_dim) * 2 - 1
             pa, plog = actor.sample(raw, num_samples=n)
             npa, nplog = actor.sample(nraw, num_samples=n)
-            ra = torch.rand(bs * n, act_dim) * 2 - 1
-        t.actor_optimizer.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        t.actor_optimizer.step()
         q = qf(torch.cat([obs, obs.repeat_interleave(n, 0).repeat(3, 1)]), torch.cat([a, ra, pa, npa]))
         qd = q[:, :bs]
         qr, qp, qn = q[:, bs:].reshape(q.shape[0], 3, bs, n).unbind(1)
@@ -243,6 +232,17 @@ def raw_cql(t, buffer, steps, gen):
         t.q_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t.q_optimizer.step()
+        new_a, log_pi = actor.sample(raw)
+        alpha_loss = -(t.log_alpha() * (log_pi.detach() + t.target_entropy)).mean()
+        t.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        t.alpha_optimizer.step()
+        qf.requires_grad_(False)
+        pi_loss = (alpha * log_pi - qf(obs, new_a).min(0).values).mean()
+        qf.requires_grad_(True)
+        t.actor_optimizer.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        t.actor_optimizer.step()
         soft_update(qft, qf, tau)
 
 

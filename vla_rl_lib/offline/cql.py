@@ -13,8 +13,10 @@ policy actions at ``s`` and at ``s'`` (all scored at ``s``), each corrected by i
     log sum exp Q(s, .) ~= logsumexp( [Q(s, a_unif) - log(0.5^|A|), Q(s, a_pi(s)) - log pi(a_pi(s)|s),
                                        Q(s, a_pi(s')) - log pi(a_pi(s')|s')] )
 
-The rest is SAC: the target ``y = r + gamma (1 - d) min_i Q_target_i(s', a')``, ``a' ~ pi(.|s')``
-(optionally ``- alpha log pi(a'|s')``, "backup entropy"), the policy loss
+The rest is SAC: the target ``y = r + gamma (1 - d) min_i Q_target_i(s', a')`` with ``a'`` the
+policy's mean action ``tanh(mu(s'))`` (``target_action="mean"``, d3rlpy's choice: the action the
+evaluated policy takes) or a sample ``a' ~ pi(.|s')`` (``"sample"``, CORL and the authors' code),
+optionally ``- alpha log pi(a'|s')`` ("backup entropy"); the policy loss
 ``L_pi = E[alpha log pi(a|s) - min_i Q_i(s, a)]``, ``a ~ pi(.|s)`` reparameterised, and the entropy
 temperature tuned towards ``target_entropy = -|A|``: ``L_alpha = -E[log alpha (log pi(a|s) + target_entropy)]``.
 
@@ -24,7 +26,9 @@ the gap ``log sum exp Q - Q(s, a)`` near ``cql_target_action_gap``:
 
 Details follow CORL's single-file CQL and the authors' code: ``N = cql_samples = 10``, importance
 sampling on, temperature 1, actions in [-1, 1] for the critics, soft target updates every step,
-optional behaviour-cloning warm-up of the policy (``bc_steps``).
+optional behaviour-cloning warm-up of the policy (``bc_steps``). One update steps the critics first
+and then the temperature and the policy against the updated critics, as the kit's ``SACTrainer``,
+Stable-Baselines3 and d3rlpy do (CORL steps the policy first).
 """
 from __future__ import annotations
 
@@ -115,6 +119,9 @@ class CQLHyperparameters(ConfigBase):
                                                     "(None: config.learning_rate)", low=0, low_open=True, nullable=True)
     alpha: Optional[float] = hp(None, "fixed SAC entropy temperature (None: automatic tuning)", low=0, nullable=True)
     target_entropy: Optional[float] = hp(None, "entropy target of automatic tuning (None: -action_dim)", nullable=True)
+    target_action: str = hp("mean", "the policy action of the TD target at s': 'mean' (tanh of the Gaussian's mean, "
+                                     "the action evaluation takes; d3rlpy) or 'sample' (a' ~ pi(.|s'); CORL, the "
+                                     "authors' code)", choices=("mean", "sample"))
     backup_entropy: bool = hp(False, "subtract alpha * log pi(a'|s') in the TD target (SAC's soft backup)")
     bc_steps: int = hp(0, "first steps in which the actor does behaviour cloning instead of maximising Q", low=0)
     num_critics: int = hp(2, "number of Q-functions (targets and policy use their minimum)", low=1, ui=(1, 10, 1))
@@ -163,27 +170,11 @@ class CQLTrainer(ActorCriticOfflineTrainer):
         rewards, dones = batch["rewards"], batch["dones"]
         batch_size, act_dim = actions.shape
 
-        # 1. policy and entropy temperature (the critics get no gradient from the actor's loss)
-        new_actions, log_pi = self.actor.sample(obs_raw)
-        alpha = self.log_alpha().exp().detach()
-        if self.alpha_optimizer is not None:
-            alpha_loss = entropy_temperature_loss(self.log_alpha(), log_pi, self.target_entropy)
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optimizer.step()
-        q_new = None
-        if self.global_step < hpar.bc_steps:
-            policy_loss = (alpha * log_pi - self.actor.log_prob(obs_raw, batch["actions"])).mean()
-        else:
-            self.qf.requires_grad_(False)
-            q_new = self.qf(obs, new_actions).min(dim=0).values
-            self.qf.requires_grad_(True)
-            policy_loss = sac_policy_loss(log_pi, q_new, alpha)
+        alpha = self.log_alpha().exp().detach()  # this step's losses use alpha before its update
 
-        # 2. TD target from the target critics at a' ~ pi(.|s') (sampled, like the penalty's actions below,
-        #    from the actor before this step's update, as in CORL and the authors' code)
+        # 1. TD target from the target critics at the policy's action for s' (its mean, or a sample)
         with torch.no_grad():
-            next_actions, next_log_pi = self.actor.sample(next_raw)
+            next_actions, next_log_pi = self.actor.sample(next_raw, deterministic=hpar.target_action == "mean")
             target_q = self.qf_target(next_obs, next_actions).min(dim=0).values
             if hpar.backup_entropy:
                 target_q = target_q - alpha * next_log_pi
@@ -194,11 +185,8 @@ class CQLTrainer(ActorCriticOfflineTrainer):
             random_actions = torch.rand(batch_size * n_samples, act_dim, device=obs.device) * 2 - 1
             pi_actions, pi_log = self.actor.sample(obs_raw, num_samples=n_samples)
             next_pi_actions, next_pi_log = self.actor.sample(next_raw, num_samples=n_samples)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        policy_loss.backward()
-        self.actor_optimizer.step()
 
-        # 3. critics: one fused forward over data, uniform and policy actions
+        # 2. critics: one fused forward over data, uniform and policy actions
         obs_all = torch.cat([obs, obs.repeat_interleave(n_samples, dim=0).repeat(3, 1)])
         act_all = torch.cat([actions, random_actions, pi_actions, next_pi_actions])
         q_all = self.qf(obs_all, act_all)  # (n, B + 3BN)
@@ -222,6 +210,26 @@ class CQLTrainer(ActorCriticOfflineTrainer):
         self.q_optimizer.zero_grad(set_to_none=True)
         total_q_loss.backward()
         self.q_optimizer.step()
+
+        # 3. entropy temperature and policy, against the critics just updated (the critics get no
+        #    gradient from the actor's loss)
+        new_actions, log_pi = self.actor.sample(obs_raw)
+        if self.alpha_optimizer is not None:
+            alpha_loss = entropy_temperature_loss(self.log_alpha(), log_pi, self.target_entropy)
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+        q_new = None
+        if self.global_step < hpar.bc_steps:
+            policy_loss = (alpha * log_pi - self.actor.log_prob(obs_raw, batch["actions"])).mean()
+        else:
+            self.qf.requires_grad_(False)
+            q_new = self.qf(obs, new_actions).min(dim=0).values
+            self.qf.requires_grad_(True)
+            policy_loss = sac_policy_loss(log_pi, q_new, alpha)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        policy_loss.backward()
+        self.actor_optimizer.step()
 
         # 4. target critics
         soft_update(self.qf_target, self.qf, cfg.tau)
