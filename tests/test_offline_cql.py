@@ -5,6 +5,7 @@ How the thresholds were chosen is written in the learning test's docstring.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -96,6 +97,25 @@ def test_metrics_lagrange_and_checkpoint(tmp_path):
     obs = np.array([0.0, 1.0, 0.3], np.float32)
     np.testing.assert_allclose(rebuilt.predict(obs), trainer.predict(obs))
     assert abs(float(rebuilt.predict(obs)[0])) <= 2.0
+
+
+@pytest.mark.parametrize("target_action", ["mean", "sample"])
+def test_td_target_action(tmp_path, target_action):
+    """``target_action="mean"`` backs up Q at tanh(mu(s')): the TD target does not depend on the
+    random draw; ``"sample"`` draws a' ~ pi(.|s'), so the same update under another seed moves it."""
+    trainer = CQLTrainer(3, 1, config=_config(tmp_path, 10, hidden_dim=32, batch_size=32), cql_samples=2,
+                         target_action=target_action)
+    trainer.attach_buffer(_buffer())
+    batch = trainer.buffer.sample(32, generator=torch.Generator().manual_seed(0))
+    targets = []
+    for seed in (1, 2):
+        clone = copy.deepcopy(trainer)
+        torch.manual_seed(seed)
+        targets.append(float(clone.update(batch)["q_target"]))
+    if target_action == "mean":
+        assert targets[0] == targets[1]
+    else:
+        assert targets[0] != targets[1]
 
 
 # ------------------------------------------------------------------------------------------------
