@@ -138,12 +138,13 @@ def test_cql_learns_pendulum_and_beats_inverted_penalty(tmp_path, monkeypatch):
 
     Measured (1000 steps, 128-wide networks, batch 256, cql_samples=4, 10 evaluation episodes from
     seed 10000, the default; ``/tmp`` script driving exactly this setup, see docs/offline.md):
-    trained CQL returned -546 (seed 0) and -747 (seed 1); the untrained policy -1342 / -1431;
+    trained CQL returned -623 (seed 0) and -750 (seed 1); the untrained policy -1342 / -1431;
     the dataset's episodes average -715 (its medium SAC policy -477 deterministic); with the
-    penalty inverted (optimism on unseen actions) seed 0 returned -1757. The test trains seed 0
-    (deterministic on one machine) and asks for better than -850 -- 300 below the measurement, about
+    penalty inverted (optimism on unseen actions) seed 0 returned -1743. The test trains seed 0
+    (deterministic on one machine) and asks for better than -850 -- 230 below the measurement, about
     500 above the untrained policy -- and for the inverted variant to be at least 300 worse (it
-    was 1200 worse) or to diverge.
+    was 1120 worse) or to diverge. (Before session 4's change of CQL's update order and TD-target
+    action the same runs gave -546, -747 and -1757.)
     """
     untrained = CQLTrainer(3, 1, config=_config(tmp_path / "u", 1, env="Pendulum-v1", **LEARN_KW), cql_samples=4)
     untrained.attach_buffer(_buffer())
