@@ -275,7 +275,7 @@ min_q_weight = 1.0
 ## Key equations, next to the code that computes them
 
 * Penalty: $\alpha\,\Big(\mathbb{E}_{s\sim D}\big[\log\sum_{a}\exp Q(s,a)\big] - \mathbb{E}_{(s,a)\sim D}[Q(s,a)]\Big)$, the log-sum-exp estimated with uniform and policy samples (`cql_penalty`)
-* Critic: the soft Bellman error plus the penalty; actor: SAC's $\mathbb{E}[\alpha_{ent}\log\pi(a|s) - Q(s,a)]$ (`sac_policy_loss`)
+* Critic: the Bellman error (target at the policy's mean action for $s'$) plus the penalty; actor: SAC's $\mathbb{E}[\alpha_{ent}\log\pi(a|s) - Q(s,a)]$ (`sac_policy_loss`)
 ''',
     '''
 from vla_rl_lib.offline.cql import CQLTrainer, cql_penalty, sac_policy_loss
