@@ -219,7 +219,6 @@ class CQLTrainer(ActorCriticOfflineTrainer):
             self.alpha_optimizer.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_optimizer.step()
-        q_new = None
         if self.global_step < hpar.bc_steps:
             policy_loss = (alpha * log_pi - self.actor.log_prob(obs_raw, batch["actions"])).mean()
         else:
@@ -240,6 +239,7 @@ class CQLTrainer(ActorCriticOfflineTrainer):
                    "q_target": td_target.mean()}
         if alpha_prime is not None:
             metrics["alpha_prime"] = alpha_prime.detach()
-        if q_new is not None:  # how much better the dataset's actions look than the policy's
-            metrics["mean_advantage"] = (q_data.detach().min(dim=0).values - q_new.detach()).mean()
+        # how much better the dataset's actions look than the policy's, both scored by the critics
+        # before this step's update (the penalty's N policy samples at s stand for a ~ pi(.|s))
+        metrics["mean_advantage"] = (q_data.detach().min(dim=0).values - q_pi.detach().min(dim=0).values.mean(-1)).mean()
         return metrics
