@@ -10,12 +10,22 @@ from vla_rl_lib._lazy import lazy_exports
 import os
 import sys
 
-# MuJoCo and pygame need a headless backend on machines without a display. Users with a screen
-# keep theirs: we only fill in what is unset.
-if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+def _headless_defaults(environ=os.environ, platform: str = sys.platform) -> None:
+    """MuJoCo and pygame need a headless backend on a Linux machine without a display: there, and
+    only for the variables the user left unset, render MuJoCo through EGL (``MUJOCO_GL=egl``, with
+    PyOpenGL on the same platform) and pygame to a dummy video driver. A machine with a display
+    (``DISPLAY`` or ``WAYLAND_DISPLAY``), or any other OS, is left untouched, so that
+    ``render_mode="human"`` opens a window as usual."""
+    if not platform.startswith("linux") or environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
+        return
+    environ.setdefault("MUJOCO_GL", "egl")
+    if environ["MUJOCO_GL"] in ("egl", "osmesa"):
+        environ.setdefault("PYOPENGL_PLATFORM", environ["MUJOCO_GL"])
+    environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+
+_headless_defaults()
 
 __version__ = "0.1.0"
 
