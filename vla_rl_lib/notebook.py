@@ -7,9 +7,9 @@
   keeps every executed notebook, writes ``summary.csv`` and ``comparison.png``, skips runs that
   are already complete and keeps going past a failed run.
 * :func:`parse_grid` and :func:`parse_parameters` turn command-line text into values.
-* :func:`metric_health`, :func:`overestimation_diagnostic` and :func:`write_run_metrics` are what
-  every method notebook uses to judge a run against the specification's expected ranges and to
-  leave ``metrics.json`` in its run directory.
+* :func:`write_run_metrics` leaves ``metrics.json`` in a notebook's run directory. The RL diagnostics
+  the notebooks show (:func:`metric_health`, :func:`overestimation_diagnostic`, ...) live in
+  :mod:`vla_rl_lib.diagnostics`; they are re-exported here for older imports.
 
 Every kit notebook has one cell tagged ``parameters`` with at least ``smoke`` (shrink the run to
 under a minute) and ``output_dir`` (where ``metrics.json``, the plot PNG and the mp4 go).
@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from vla_rl_lib.diagnostics import METRIC_RANGES, final_metrics, metric_health, overestimation_diagnostic  # noqa: F401
 from vla_rl_lib.errors import ConfigError, VLARLError, optional_import
 
 __all__ = ["NotebookExecutionError", "run_notebook", "notebook_parameters", "sweep", "SweepSummary",
@@ -509,113 +510,6 @@ def _comparison_plot(rows, axes, metric, path: Path, title: str) -> Optional[Pat
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-# ----------------------------------------------------------------------------------------------
-# diagnostics the notebooks show
-# ----------------------------------------------------------------------------------------------
-#: the specification's "Key Metrics" tables: metric -> (low, high, note); None = task-dependent
-METRIC_RANGES: dict[str, dict[str, tuple[Optional[float], Optional[float], str]]] = {
-    "offline": {
-        "v_loss": (0.01, 1.0, "Value function loss"),
-        "q_loss": (0.01, 1.0, "Q-function loss"),
-        "policy_loss": (-10.0, 10.0, "Negative is better"),
-        "mean_advantage": (-5.0, 5.0, "Should center around 0"),
-    },
-    "online": {
-        "policy_loss": (-0.1, 0.1, "Clipped surrogate objective"),
-        "value_loss": (0.01, 1.0, "Value prediction error"),
-        "entropy": (None, None, "Task-dependent; higher = more exploration"),
-        "mean_reward": (None, None, "Task-dependent; the main metric"),
-    },
-}
-
-
-def final_metrics(logs: Sequence[dict]) -> dict:
-    """The last logged value of every metric in a list of logged dicts (``LivePlot.logs``,
-    ``MetricsHistory.logs``): what the run ended with, each metric averaged over its last ``log_freq``."""
-    final: dict = {}
-    for record in logs:
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                final[key] = float(value)
-    return final
-
-
-def metric_health(metrics: dict, kind: str) -> list[dict]:
-    """Judge final training metrics against the specification's expected ranges.
-
-    ``kind`` is ``"offline"`` or ``"online"``. Returns one row per metric of the specification's
-    table: ``metric``, ``value`` (None when the method does not log it), ``low``, ``high``,
-    ``note`` and ``healthy`` (True/False inside/outside the range, None when not applicable:
-    a task-dependent metric or one the method does not have).
-    """
-    if kind not in METRIC_RANGES:
-        raise ConfigError(f"kind={kind!r} is not one of {', '.join(METRIC_RANGES)}")
-    rows = []
-    for name, (low, high, note) in METRIC_RANGES[kind].items():
-        value = metrics.get(name)
-        if value is not None:
-            value = float(value)
-        healthy = None
-        if value is not None and (low is not None or high is not None):
-            healthy = math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)
-        rows.append(dict(metric=name, value=value, low=low, high=high, note=note, healthy=healthy))
-    return rows
-
-
-def overestimation_diagnostic(agent, q_fn: Callable, env, num_episodes: int = 5, gamma: float = 0.99,
-                              seed: int = 0, max_steps: int = 10_000) -> dict:
-    """Predicted value at the start states against the discounted return the agent actually obtains.
-
-    The specification's "Offline RL: Overestimation" symptom is high Q-values but poor evaluation
-    performance. For each of ``num_episodes`` evaluation episodes on ``env`` (an id or an env),
-    ``q_fn(obs, action)`` gives the learned value of the first state and the agent's first action
-    (numpy in, float out); the agent (anything with ``predict``) then plays the episode and we sum
-    ``gamma**t * r_t``. ``gap = predicted - obtained``; a large positive gap is overestimation.
-    Episodes cut by a time limit make the obtained return slightly low (the tail beyond the limit
-    is missing), by at most ``gamma**T`` of the value.
-    """
-    from vla_rl_lib.envs import make_env
-
-    own = isinstance(env, str)
-    e = make_env(env) if own else env
-    predicted, obtained, lengths = [], [], []
-    policy = getattr(agent, "policy", None)
-    was_training = getattr(policy, "training", False)
-    if policy is not None:
-        policy.eval()
-    try:
-        for ep in range(int(num_episodes)):
-            obs, _ = e.reset(seed=seed + ep)
-            if hasattr(agent, "reset_episode"):
-                agent.reset_episode()
-            action = agent.predict(obs, deterministic=True)
-            predicted.append(float(q_fn(obs, action)))
-            ret, discount, t, done = 0.0, 1.0, 0, False
-            while not done and t < max_steps:
-                if t > 0:
-                    action = agent.predict(obs, deterministic=True)
-                obs, reward, terminated, truncated, _ = e.step(action)
-                if hasattr(agent, "observe_reward"):
-                    agent.observe_reward(float(reward))
-                ret += discount * float(reward)
-                discount *= gamma
-                t += 1
-                done = terminated or truncated
-            obtained.append(ret)
-            lengths.append(t)
-    finally:
-        if policy is not None:
-            policy.train(was_training)
-        if own:
-            e.close()
-    pred, got = float(np.mean(predicted)), float(np.mean(obtained))
-    scale = max(abs(got), 1e-8)
-    return {"predicted_q": pred, "discounted_return": got, "gap": pred - got, "relative_gap": (pred - got) / scale,
-            "per_episode": [dict(predicted_q=p, discounted_return=o, length=n)
-                            for p, o, n in zip(predicted, obtained, lengths)],
-            "gamma": gamma, "overestimates": bool(pred - got > 0.25 * scale)}
 
 
 def write_run_metrics(output_dir: str | Path, trainer=None, evaluation: Optional[dict] = None,

@@ -7,7 +7,9 @@ handle that is updated in place: in JupyterLab the plot moves as training goes; 
 saved notebook keeps the final plot. ``widget`` is an ``ipywidgets.Image`` carrying the same
 picture, for panels that embed the plot; ``save(path)`` writes the PNG.
 
-The shaded bands are the specification's expected ranges ("Monitoring and Debugging").
+The shaded bands are the specification's expected ranges ("Monitoring and Debugging"). A value loss
+whose scale the run logs is judged relative to it (:mod:`vla_rl_lib.diagnostics`): no band, and its
+panel turns red only when :func:`~vla_rl_lib.diagnostics.metric_health` says so.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from vla_rl_lib.callbacks import Callback
-from vla_rl_lib.notebook import METRIC_RANGES
+from vla_rl_lib.diagnostics import METRIC_RANGES, RELATIVE_HEALTH, metric_health
 
 # logged values that are bookkeeping, not curves worth a panel
 _SKIP = {"step", "time", "epoch", "steps_per_second", "episodes", "mean_length", "learning_rate"}
@@ -141,11 +143,16 @@ class LivePlot(Callback):
                     transform=ax.transAxes, color="gray")
         ax.set_title("reward", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-        ranges = METRIC_RANGES.get(self.kind or "online", {})
+        kind = self.kind or "online"
+        ranges = METRIC_RANGES.get(kind, {})
+        last = {k: v for m in self.logs for k, v in m.items() if isinstance(v, (int, float))}
+        health = {r["metric"]: r for r in metric_health(last, kind)} if kind in METRIC_RANGES else {}
         for ax, key in zip(axes[1:], keys):
             xs, ys = self.series(key)
-            low, high, _ = ranges.get(key, (None, None, ""))
-            outside = bool(ys) and low is not None and high is not None and not (low <= ys[-1] <= high)
+            row = health.get(key, {})
+            relative = bool(row.get("judged_by")) or ((kind, key) in RELATIVE_HEALTH and row.get("value") is None)
+            low, high, _ = (None, None, "") if relative else ranges.get(key, (None, None, ""))
+            outside = bool(ys) and row.get("healthy") is False
             ax.plot(xs, ys, "-" if len(xs) > 1 else "o", color="C3" if outside else "C1", markersize=4)
             title = key
             if low is not None and high is not None:

@@ -1,6 +1,6 @@
 """Small display helpers the notebooks share: health tables, videos, the overestimation diagnostic.
 
-They only format what :mod:`vla_rl_lib.notebook` and :mod:`vla_rl_lib.video` compute.
+They only format what :mod:`vla_rl_lib.diagnostics` and :mod:`vla_rl_lib.video` compute.
 """
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ def health_html(rows: list[dict]) -> str:
         else:
             flag = "<span style='color:#b00'>&#10008; outside the expected range</span>"
         expected = "task-dependent" if r["low"] is None else f"{fmt(r['low'])} to {fmt(r['high'])}"
+        note = html.escape(r["note"])
+        if r.get("judged_by"):  # a value loss judged relative to the scale of its targets
+            expected = f"{html.escape(r['judged_by'])}: {fmt(r['measure'])}, expected {fmt(r['low'])} to {fmt(r['high'])}"
+            note += " (relative to the scale of the returns)"
         body.append(f"<tr><td><code>{r['metric']}</code></td><td>{fmt(r['value'])}</td><td>{expected}</td>"
-                    f"<td>{flag}</td><td>{html.escape(r['note'])}</td></tr>")
+                    f"<td>{flag}</td><td>{note}</td></tr>")
     return ("<table><tr><th>metric</th><th>final value</th><th>expected range</th><th>status</th><th>notes</th></tr>"
             + "".join(body) + "</table>")
 
