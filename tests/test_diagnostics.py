@@ -55,3 +55,44 @@ def test_without_the_scale_the_specification_range_is_used():
     rows = health({"q_loss": 3.0}, "offline")
     assert rows["q_loss"]["healthy"] is False and "judged_by" not in rows["q_loss"]
     assert health({"value_loss": 0.2}, "online")["value_loss"]["healthy"] is True
+
+
+# ---- the notebooks' closing verdict (issue 19) ---------------------------------------------------
+from vla_rl_lib.diagnostics import lesson_verdict  # noqa: E402
+
+LESSON = "IQL improves on a mixed dataset where behaviour cloning cannot."
+
+
+def test_verdict_on_a_passing_run():
+    v = lesson_verdict(LESSON, ("IQL", -310.0), ("BC", -702.5), margin=100)
+    assert v["shown"] is True and v["difference"] == pytest.approx(392.5)
+    assert v["message"].startswith("Lesson shown") and "-310.0" in v["message"] and "-702.5" in v["message"]
+    assert v["advice"] == ""
+
+
+def test_verdict_on_a_failing_run_says_so_and_what_to_try():
+    v = lesson_verdict(LESSON, ("IQL", -650.0), ("BC", -702.5), margin=100, advice="more gradient steps")
+    assert v["shown"] is False
+    assert "NOT shown" in v["message"] and "more than 100" in v["message"] and "more gradient steps" in v["message"]
+    worse = lesson_verdict(LESSON, ("IQL", -800.0), ("BC", -702.5))
+    assert worse["shown"] is False and "worse" in worse["message"]
+
+
+def test_verdict_lower_is_better_and_diverged_and_smoke():
+    v = lesson_verdict("fewer collisions", ("GRPO", 0.05), ("BC", 0.40), margin=0.1, higher_is_better=False)
+    assert v["shown"] is True
+    assert lesson_verdict(LESSON, ("IQL", math.nan), ("BC", -700.0))["shown"] is False
+    smoke = lesson_verdict(LESSON, ("IQL", -650.0), ("BC", -702.5), smoke=True)
+    assert smoke["shown"] is None and smoke["message"].startswith("Smoke run: not judged")
+
+
+def test_verdict_is_recorded_in_metrics_json(tmp_path):
+    import json
+
+    from vla_rl_lib.notebook import write_run_metrics
+    from widgets.report import verdict_html
+
+    v = lesson_verdict(LESSON, ("IQL", -310.0), ("BC", -702.5), margin=100)
+    path = write_run_metrics(tmp_path, verdict=v)
+    assert json.loads(path.read_text())["verdict"]["shown"] is True
+    assert "Lesson shown" in verdict_html(v)

@@ -17,6 +17,8 @@
   Without the scale metric the specification's absolute range is used.
 * :func:`final_metrics`: the last logged value of every metric.
 * :func:`overestimation_diagnostic`: predicted value at the start states against the return obtained.
+* :func:`lesson_verdict`: whether a notebook's run showed its lesson (the method against its
+  baseline, with the numbers), recorded in ``metrics.json``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import numpy as np
 from vla_rl_lib.errors import ConfigError
 
 __all__ = ["METRIC_RANGES", "RELATIVE_HEALTH", "DIVERGED_VALUE", "final_metrics", "metric_health",
-           "overestimation_diagnostic"]
+           "overestimation_diagnostic", "lesson_verdict"]
 
 #: the specification's "Key Metrics" tables: metric -> (low, high, note); None = task-dependent
 METRIC_RANGES: dict[str, dict[str, tuple[Optional[float], Optional[float], str]]] = {
@@ -169,3 +171,40 @@ def overestimation_diagnostic(agent, q_fn: Callable, env, num_episodes: int = 5,
             "gamma": gamma, "overestimates": bool(pred - got > 0.25 * scale)}
 
 
+
+
+def lesson_verdict(lesson: str, method: tuple[str, float], baseline: tuple[str, float], margin: float = 0.0,
+                   higher_is_better: bool = True, smoke: bool = False, unit: str = "",
+                   advice: str = "") -> dict:
+    """Whether this run showed a notebook's lesson: ``method`` against ``baseline`` by ``margin``.
+
+    ``method`` and ``baseline`` are ``(name, value)`` pairs measured in this run (e.g. ``("IQL",
+    -310.2)`` and ``("behaviour cloning", -702.5)``). The lesson is shown when the method beats the
+    baseline by more than ``margin`` (``method - baseline > margin``, or ``baseline - method > margin``
+    when lower is better). A smoke run is never judged. Returns a JSON-ready dict with ``lesson``,
+    ``shown`` (True / False / None for a smoke run), the two values, ``margin``, ``difference`` and a
+    one-paragraph ``message`` that says plainly what was and was not shown, and ``advice`` (what to
+    try) when it was not. Notebooks print it last and record it in ``metrics.json`` (``verdict``),
+    so a sweep's summary shows it per run.
+    """
+    (m_name, m_value), (b_name, b_value) = method, baseline
+    m_value, b_value = float(m_value), float(b_value)
+    diff = (m_value - b_value) if higher_is_better else (b_value - m_value)
+    fmt = (lambda x: f"{x:.3g}{unit}") if abs(m_value) < 10 and abs(b_value) < 10 else (lambda x: f"{x:.1f}{unit}")
+    numbers = f"{m_name} {fmt(m_value)} against {b_name} {fmt(b_value)}"
+    if smoke:
+        shown, message = None, f"Smoke run: not judged ({numbers}; the smoke budget is too small to show the lesson)."
+    elif not (math.isfinite(m_value) and math.isfinite(b_value)):
+        shown, message = False, f"Lesson not shown: {numbers} (a value is not finite: the run diverged)."
+    else:
+        shown = diff > margin
+        better = "better" if diff >= 0 else "worse"
+        need = f" (needed: more than {margin:g}{unit} better)" if margin else ""
+        message = (f"Lesson shown: {numbers}, {fmt(abs(diff))} {better}." if shown else
+                   f"Lesson NOT shown in this run: {numbers}, {fmt(abs(diff))} {better}{need}.")
+        if not shown and advice:
+            message += f" Try: {advice}"
+    return {"lesson": lesson, "shown": shown, "method": {"name": m_name, "value": m_value},
+            "baseline": {"name": b_name, "value": b_value}, "margin": float(margin),
+            "higher_is_better": bool(higher_is_better), "difference": diff, "message": message,
+            "advice": advice if shown is False else ""}

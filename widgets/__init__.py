@@ -23,6 +23,8 @@ _EXPORTS = {
     "show_source": "widgets.report",
     "show_overestimation": "widgets.report",
     "health_html": "widgets.report",
+    "show_verdict": "widgets.report",
+    "verdict_html": "widgets.report",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

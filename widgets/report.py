@@ -37,6 +37,20 @@ def health_html(rows: list[dict]) -> str:
             + "".join(body) + "</table>")
 
 
+def verdict_html(verdict: dict) -> str:
+    """A notebook's closing verdict (:func:`vla_rl_lib.diagnostics.lesson_verdict`) as a coloured box."""
+    colour = {True: "#080", False: "#b00", None: "#777"}[verdict["shown"]]
+    head = {True: "Lesson shown", False: "Lesson not shown", None: "Smoke run: not judged"}[verdict["shown"]]
+    return (f"<div style='border-left:4px solid {colour};padding:4px 10px'><b style='color:{colour}'>{head}.</b> "
+            f"<i>{html.escape(verdict['lesson'])}</i><br>{html.escape(verdict['message'])}</div>")
+
+
+def show_verdict(verdict: dict) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(verdict_html(verdict)))
+
+
 def show_health(rows: list[dict]) -> None:
     from IPython.display import HTML, display
 
