@@ -151,7 +151,13 @@ def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.Argumen
     gr = asg_sub.add_parser("grade", help="grade SUBMISSIONS_DIR/<student>/<assignment>.ipynb")
     gr.add_argument("submissions")
     gr.add_argument("--output", default="grades.csv")
-    gr.add_argument("--timeout", type=int, default=600, help="seconds per notebook")
+    gr.add_argument("--source", default="notebooks/assignments", help="the instructor's assignment notebooks")
+    gr.add_argument("--timeout", type=int, default=600, help="wall-clock seconds per notebook (CPU time: twice that)")
+    gr.add_argument("--cell_timeout", "--cell-timeout", type=int, default=None,
+                    help="seconds per cell and per call of a student's function (default: timeout/4, at least 10)")
+    gr.add_argument("--memory_mb", "--memory-mb", type=int, default=8192, help="address-space limit per submission")
+    gr.add_argument("--trust-submissions", "--trust_submissions", dest="trust_submissions", action="store_true",
+                    help="grade even where the bubblewrap sandbox cannot be set up (submissions then run with your rights)")
     return parser
 
 
@@ -284,7 +290,9 @@ def _cmd_assignments(args: argparse.Namespace) -> int:
         written = grading.release(args.source, args.output)
         print(f"wrote {len(written)} student notebooks to {args.output}")
     else:
-        path = grading.grade(args.submissions, args.output, timeout=args.timeout)
+        path = grading.grade(args.submissions, args.output, timeout=args.timeout, source=args.source,
+                             trust_submissions=args.trust_submissions, cell_timeout=args.cell_timeout,
+                             memory_mb=args.memory_mb)
         print(f"grades written to {path}")
     return 0
 
