@@ -167,6 +167,11 @@ def existing_run(path: str | Path) -> Optional[str]:
     return f"{algorithm} run" if isinstance(algorithm, str) else "training run"
 
 
+def with_article(text: str) -> str:
+    """``'iql run'`` -> ``'an iql run'``."""
+    return f"{'an' if text[:1].lower() in 'aeiou' else 'a'} {text}"
+
+
 def clear_run(path: str | Path) -> None:
     """Remove the files a training run wrote into ``path`` (and nothing else)."""
     for name in RUN_FILES:

@@ -209,16 +209,16 @@ def read_config_file(path: str) -> dict:
 
 def _claim_output_dir(config, overwrite: bool) -> None:
     """Before any data loads: --output_dir must be a writable folder that holds no other run."""
-    from vla_rl_lib.checkpoint import check_writable_dir, clear_run, existing_run
+    from vla_rl_lib.checkpoint import check_writable_dir, clear_run, existing_run, with_article
 
     check_writable_dir(config.output_dir, "--output_dir")
     other = existing_run(config.output_dir)
     if other is not None and not overwrite:
-        raise ConfigError(f"--output_dir {config.output_dir} already holds a {other}; continue it with "
+        raise ConfigError(f"--output_dir {config.output_dir} already holds {with_article(other)}; continue it with "
                           f"`vla-rl resume {config.output_dir}`, replace it with --overwrite, or choose another --output_dir")
     if other is not None:
         clear_run(config.output_dir)
-        print(f"--overwrite: removed the {other} in {config.output_dir}")
+        print(f"--overwrite: removed {with_article(other)} from {config.output_dir}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

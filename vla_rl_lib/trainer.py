@@ -33,7 +33,7 @@ import torch.nn as nn
 from vla_rl_lib import __version__
 from vla_rl_lib.callbacks import Callback, CallbackList, ProgressBar
 from vla_rl_lib.checkpoint import (check_writable_dir, clear_run, existing_run, load_checkpoint, remove_stale_temporaries, rng_state,
-                                   save_checkpoint, seed_everything, set_rng_state, trainer_meta)
+                                   save_checkpoint, seed_everything, set_rng_state, trainer_meta, with_article)
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, RLConfig, resolve_device
 from vla_rl_lib.errors import CheckpointError, ConfigError, DatasetError, IncompatibleError, TrainingDivergedError
 from vla_rl_lib.logging import RunLogger
@@ -412,7 +412,7 @@ class Trainer:
         and refuses to mix with another algorithm's run (the command line refuses any run, see ``--overwrite``)."""
         other = existing_run(self.run_dir)
         if other is not None and other not in (f"{self.algorithm} run", "training run"):
-            raise ConfigError(f"output_dir {self.run_dir} holds a {other}; train {self.algorithm} into another "
+            raise ConfigError(f"output_dir {self.run_dir} holds {with_article(other)}; train {self.algorithm} into another "
                               "output_dir, or delete that folder first")
         if other is not None:
             clear_run(self.run_dir)

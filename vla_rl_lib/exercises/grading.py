@@ -43,7 +43,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from vla_rl_lib.checkpoint import atomic_write
+from vla_rl_lib.checkpoint import atomic_write, check_writable_dir
 from vla_rl_lib.errors import ConfigError, optional_import
 from vla_rl_lib.exercises import answers as wire
 from vla_rl_lib.exercises import sandbox
@@ -140,6 +140,7 @@ def grade(submissions: str | Path, output: str | Path = "grades.csv", timeout: i
         raise ConfigError(f"submissions folder {submissions} does not exist; expected <folder>/<student>/<assignment>.ipynb")
     if output.is_dir():
         raise ConfigError(f"--output {output} is a folder; give the path of the CSV file to write")
+    check_writable_dir(output.parent, "--output")
     assignments = {p.stem: functions_of(nbformat.read(p, as_version=4)) for p in _assignments(source)}
     for assignment, functions in assignments.items():
         unknown = [name for name in functions if name not in EXERCISES]
