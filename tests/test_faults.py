@@ -129,6 +129,15 @@ def test_cli_fault_is_one_line(world, vla_rl, argv, words):  # noqa: F811 - the 
     assert not (world / "a_file").is_dir() and (world / "a_file").read_text() == "not a folder"
 
 
+def test_negative_numbers_are_values_everywhere():
+    from vla_rl_lib.cli import build_parser
+
+    args = build_parser().parse_args(["run-notebook", "nb.ipynb", "-p", "lr", "-1e-3", "-p", "b", "-.5"])
+    assert args.parameter == [["lr", "-1e-3"], ["b", "-.5"]]
+    args = build_parser(["sac"]).parse_args(["train", "sac", "--learning_rate", "-3E+2"])
+    assert args.learning_rate == "-3E+2"  # converted and range-checked by the config
+
+
 def test_overwrite_replaces_the_run(world, vla_rl, tmp_path):  # noqa: F811
     run = tmp_path / "run"
     assert vla_rl("train", "iql", *TINY_IQL, "--output_dir", str(run)).returncode == 0

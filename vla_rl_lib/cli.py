@@ -23,12 +23,22 @@ from typing import Optional, Sequence
 
 from vla_rl_lib.errors import ConfigError, VLARLError
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$|^-nan$")
 OFFLINE = ("iql", "cql", "td3_bc", "dt", "bc")
 ONLINE = ("ppo", "sac", "grpo")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors in one line (no usage dump) and exits with status 2."""
+    """argparse that reports errors in one line (no usage dump) and exits with status 2.
+
+    Negative numbers in exponent form (``--learning_rate -1e-3``, ``-p lr -1e-3``) are values, not
+    options: argparse's own pattern misses the exponent and would answer "expected one argument"
+    instead of letting the range check say what is wrong (no flag of the kit looks like a number).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -357,22 +367,6 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "resume": _cmd_resum
             "quickstart": _cmd_quickstart, "assignments": _cmd_assignments}
 
 
-_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-def _attach_negative_numbers(argv: list[str]) -> list[str]:
-    """``--learning_rate -1e-3`` -> ``--learning_rate=-1e-3``: argparse takes ``-1e-3`` for an option
-    (its negative-number pattern misses exponents), so a negative value would get "expected one argument"
-    instead of the range check's clear message."""
-    out: list[str] = []
-    for token in argv:
-        if out and _NEGATIVE_NUMBER.match(token) and out[-1].startswith("--") and "=" not in out[-1]:
-            out[-1] = f"{out[-1]}={token}"
-        else:
-            out.append(token)
-    return out
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     algorithms = None
@@ -392,7 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except VLARLError as exc:
         print(f"vla-rl: error: {exc}", file=sys.stderr)
         return 1
-    args = parser.parse_args(_attach_negative_numbers(argv))
+    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except VLARLError as exc:
