@@ -56,6 +56,13 @@ def students(tmp: Path, port: int) -> dict:
                    "print('k3_kl passed\\nreturns_to_go passed')\nos._exit(0)"],
         # invalid JSON where the answers go, then the process ends itself
         "garbler": [K3_OK, RTG_OK, "import os\nopen('/grading/answers.json', 'w').write('{not json')\nos._exit(0)"],
+        # answers of every wrong shape: strings, nested lists, a list where a mapping belongs
+        "weirdo": [K3_OK, RTG_OK, "import json, os\nnested = {'t': 'py', 'v': 1}\nfor _ in range(200):\n"
+                   "    nested = {'t': 'list', 'items': [nested]}\n"
+                   "bad = {'out': {'t': 'list', 'items': [{'t': 'py', 'v': 'abc'}]}, 'grads': {'t': 'dict', 'items': {}}}\n"
+                   "deep = {'out': nested, 'grads': {'t': 'dict', 'items': {}}}\n"
+                   "with open('/grading/answers.json', 'w') as fh:\n    json.dump({'error': ['x'], 'exercises': {"
+                   "'k3_kl': {'answers': [bad] * 2}, 'returns_to_go': {'answers': [deep] * 4}}}, fh)\nos._exit(0)"],
         # writes outside its folder: next to the grades, into another submission, into its own original folder
         "escaper": [f"for p in [{str(tmp / 'outside.txt')!r}, {str(subs / 'alice' / 'hw.ipynb')!r}, "
                     f"{str(subs / 'escaper' / 'pwned.txt')!r}]:\n    try:\n        open(p, 'w').write('pwned')\n"
@@ -108,6 +115,8 @@ def graded(tmp_path_factory):
     (tmp / "submissions" / "linker").mkdir()                     # a notebook that is a link to another's
     (tmp / "submissions" / "linker" / "hw.ipynb").symlink_to(tmp / "submissions" / "alice" / "hw.ipynb")
     (tmp / "submissions" / "absent").mkdir()
+    (tmp / "submissions" / "mallory").symlink_to(tmp / "submissions" / "alice")  # a folder that is a link
+    os.mkfifo(tmp / "submissions" / "honest" / "pipe")                         # a pipe the copy must skip
     alice_before = (tmp / "submissions" / "alice" / "hw.ipynb").read_bytes()
     (tmp / "grades.csv").write_text("old grades\n")
     grading.grade(tmp / "submissions", tmp / "grades.csv", timeout=40, cell_timeout=4, memory_mb=4096,
@@ -143,6 +152,15 @@ def test_forged_results_and_os_exit_score_nothing(graded):
 def test_invalid_answers_file_scores_nothing_and_is_reported(graded):
     assert score(graded, "garbler") == (0, 0)
     assert "not valid JSON" in graded["rows"]["garbler"]["error"]
+
+
+def test_malformed_answers_score_nothing(graded):
+    assert score(graded, "weirdo") == (0, 0)
+
+
+def test_linked_folders_and_pipes(graded):
+    assert score(graded, "mallory") == (0, 0) and "symbolic link" in graded["rows"]["mallory"]["error"]
+    assert score(graded, "honest") == (1, 1)
 
 
 def test_writing_outside_the_folder_changes_nothing(graded):

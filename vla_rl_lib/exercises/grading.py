@@ -163,7 +163,9 @@ def grade(submissions: str | Path, output: str | Path = "grades.csv", timeout: i
         for assignment, functions in assignments.items():
             row = {"student": student.name, "assignment": assignment, "max": len(functions), "error": ""}
             notebook = student / f"{assignment}.ipynb"
-            if not (notebook.is_file() and not notebook.is_symlink()):
+            if student.is_symlink():
+                row["error"], results = "the student's folder is a symbolic link: not graded", {}
+            elif not (notebook.is_file() and not notebook.is_symlink()):
                 row["error"], results = f"missing {notebook.name}", {}
             else:
                 row["error"], results = grade_one(student, notebook.name, functions, params, limits, cell_timeout,
@@ -189,8 +191,11 @@ def grade_one(folder: Path, notebook: str, functions: dict[str, str], params: di
     scratch = Path(tempfile.mkdtemp(prefix="vla_rl_grading_"))
     try:
         work, io_dir = scratch / "submission", scratch / "grading"
-        shutil.copytree(folder, work, symlinks=True)  # links are copied as links: they lead nowhere inside
-        io_dir.mkdir()
+        try:  # links are copied as links (they lead nowhere inside); pipes and devices are not copied
+            shutil.copytree(folder, work, symlinks=True, ignore=_special_files)
+        except (shutil.Error, OSError):
+            pass  # whatever could be copied is graded; the notebook itself is a plain file
+        io_dir.mkdir(exist_ok=True)
         inside = (Path("/submission"), Path("/grading")) if sandboxed else (work, io_dir)
         job = {"notebook": str(inside[0] / notebook), "answers": str(inside[1] / "answers.json"), "parameters": params,
                "cell_timeout": cell_timeout, "call_timeout": cell_timeout,
@@ -206,16 +211,42 @@ def grade_one(folder: Path, notebook: str, functions: dict[str, str], params: di
         try:
             report = wire.read_json(io_dir / "answers.json")
             error = str(report.get("error", ""))[:300] if isinstance(report, dict) else ""
-            exercises = report.get("exercises", {}) if isinstance(report, dict) else {}
+            exercises = report.get("exercises") if isinstance(report, dict) else None
         except ValueError as exc:
-            error, exercises = problem or str(exc), {}
+            error, exercises = problem or str(exc), None
+        exercises = exercises if isinstance(exercises, dict) else {}
         results = {name: _judge(name, cases[name], exercises.get(name)) for name in functions}
         return (problem or error or ""), results
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _special_files(folder: str, names: list[str]) -> list[str]:
+    """What ``copytree`` must skip: pipes, sockets and devices (reading a pipe would block the grader)."""
+    import stat
+
+    skip = []
+    for name in names:
+        try:
+            mode = Path(folder, name).lstat().st_mode
+        except OSError:
+            skip.append(name)
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            skip.append(name)
+    return skip
+
+
 def _judge(name: str, cases: list[Case], reported) -> CheckResult:
+    """Judge what the worker reported; whatever it holds, the grader itself never fails on it."""
+    try:
+        return _judge_answers(name, cases, reported)
+    except Exception as exc:  # noqa: BLE001 - a malformed report is a wrong answer, not a crash
+        return CheckResult(name, False, f"✗ {name}: unreadable answer ({type(exc).__name__})", 0, len(cases),
+                           "missing")
+
+
+def _judge_answers(name: str, cases: list[Case], reported) -> CheckResult:
     exercise = EXERCISES[name]
     if not isinstance(reported, dict):
         return CheckResult(name, False, f"✗ {name}: no answer (the notebook did not finish)", 0, len(cases), "missing")
