@@ -138,8 +138,8 @@ def check_writable_dir(path: str | Path, flag: str = "--output_dir") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {path} is a file, not a folder; choose a folder (it is created if missing)")
-    existing = path
-    while not existing.exists():
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{flag} {path} cannot be created: {existing} is a file")

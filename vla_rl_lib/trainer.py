@@ -194,7 +194,8 @@ class Trainer:
 
         n = self.config.eval_episodes if num_episodes is None else int(num_episodes)
         if n < 1:
-            raise ConfigError(f"num_episodes={n} must be >= 1")
+            hint = "" if num_episodes is not None else " (config.eval_episodes is 0: pass evaluate(num_episodes=N))"
+            raise ConfigError(f"num_episodes={n} must be >= 1{hint}")
         target = self._eval_env_spec() if env is None else env
         own_env = isinstance(target, str)
         eval_env = make_env(target) if own_env else target
