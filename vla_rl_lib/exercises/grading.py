@@ -195,6 +195,7 @@ def grade_one(folder: Path, notebook: str, functions: dict[str, str], params: di
             shutil.copytree(folder, work, symlinks=True, ignore=_special_files)
         except (shutil.Error, OSError):
             pass  # whatever could be copied is graded; the notebook itself is a plain file
+        work.mkdir(exist_ok=True)
         io_dir.mkdir(exist_ok=True)
         inside = (Path("/submission"), Path("/grading")) if sandboxed else (work, io_dir)
         job = {"notebook": str(inside[0] / notebook), "answers": str(inside[1] / "answers.json"), "parameters": params,
