@@ -26,6 +26,16 @@ K3_OK = ("import torch\nfrom vla_rl_lib import exercises\ndef k3_kl(log_probs, r
 K3_WRONG = K3_OK.replace("- 1", "")
 RTG_OK = "import numpy as np\ndef returns_to_go(rewards):\n    return np.cumsum(rewards[::-1])[::-1].copy()"
 CHECKS = ["exercises.check_k3_kl(k3_kl)", "exercises.check_returns_to_go(returns_to_go)"]
+PREPARED = """import json, os, sys
+from vla_rl_lib.exercises import answers as wire, online
+from vla_rl_lib.exercises.core import _as_tuple, _call, _to_numpy
+sent = []
+for case in online.K3.cases():
+    out, grads = _call(online.K3.reference, case, online.K3.grad_inputs)
+    sent.append({"out": wire.pack([_to_numpy(v) for v in _as_tuple(out)]),
+                 "grads": wire.pack({k: _to_numpy(g) for k, g in grads.items()})})
+os.write(int(sys.argv[-1]), json.dumps({"error": "", "exercises": {"k3_kl": {"answers": sent}}}).encode())
+os._exit(0)"""
 MARKER = f"vla_rl_detached_{os.getpid()}"
 
 
@@ -48,21 +58,27 @@ def students(tmp: Path, port: int) -> dict:
     rewrite = f"import time; time.sleep(4); open({str(grades)!r}, 'w').write('saboteur,full marks')"
     forged = ('{"error": "", "exercises": {"k3_kl": {"answers": "passed"}, "returns_to_go": {"passed": true}}}')
     return {
-        # forged results: old-style records, a forged answers file, printed "results", then os._exit
-        "forger": [K3_WRONG, "import json, os\n"
+        # forged results: old-style records, forged "answers" down the answers pipe, printed "results", os._exit
+        "forger": [K3_WRONG, "import json, os, sys\n"
                    "for path in (os.environ.get('VLA_RL_GRADING_RESULTS') or 'results.jsonl', '/grading/answers.json'):\n"
-                   "    open(path, 'a').write(json.dumps({'exercise': 'k3_kl', 'passed': True}) + '\\n')\n"
-                   f"open('/grading/answers.json', 'w').write({forged!r})\n"
+                   "    try:\n        open(path, 'a').write(json.dumps({'exercise': 'k3_kl', 'passed': True}) + '\\n')\n"
+                   "    except OSError:\n        pass\n"
+                   f"os.write(int(sys.argv[-1]), {forged!r}.encode())\n"
                    "print('k3_kl passed\\nreturns_to_go passed')\nos._exit(0)"],
-        # invalid JSON where the answers go, then the process ends itself
-        "garbler": [K3_OK, RTG_OK, "import os\nopen('/grading/answers.json', 'w').write('{not json')\nos._exit(0)"],
+        # well-formed answers prepared in advance: the reference's outputs on the notebook's own cases
+        "preparer": [K3_WRONG, PREPARED],
+        # invalid JSON down the answers pipe, then the process ends itself
+        "garbler": [K3_OK, RTG_OK, "import os, sys\nos.write(int(sys.argv[-1]), b'{not json')\nos._exit(0)"],
+        # fills its folder and /tmp (in-memory and size-limited: nothing reaches the grader's disk)
+        "filler": ["import os\nblock = b'0' * 2**20\nwith open('big', 'wb') as fh:\n    for _ in range(4096):\n"
+                   "        fh.write(block)", K3_OK, RTG_OK, *CHECKS],
         # answers of every wrong shape: strings, nested lists, a list where a mapping belongs
         "weirdo": [K3_OK, RTG_OK, "import json, os\nnested = {'t': 'py', 'v': 1}\nfor _ in range(200):\n"
                    "    nested = {'t': 'list', 'items': [nested]}\n"
                    "bad = {'out': {'t': 'list', 'items': [{'t': 'py', 'v': 'abc'}]}, 'grads': {'t': 'dict', 'items': {}}}\n"
                    "deep = {'out': nested, 'grads': {'t': 'dict', 'items': {}}}\n"
-                   "with open('/grading/answers.json', 'w') as fh:\n    json.dump({'error': ['x'], 'exercises': {"
-                   "'k3_kl': {'answers': [bad] * 2}, 'returns_to_go': {'answers': [deep] * 4}}}, fh)\nos._exit(0)"],
+                   "import sys\nos.write(int(sys.argv[-1]), json.dumps({'error': ['x'], 'exercises': {"
+                   "'k3_kl': {'answers': [bad] * 2}, 'returns_to_go': {'answers': [deep] * 4}}}).encode())\nos._exit(0)"],
         # writes outside its folder: next to the grades, into another submission, into its own original folder
         "escaper": [f"for p in [{str(tmp / 'outside.txt')!r}, {str(subs / 'alice' / 'hw.ipynb')!r}, "
                     f"{str(subs / 'escaper' / 'pwned.txt')!r}]:\n    try:\n        open(p, 'w').write('pwned')\n"
@@ -119,7 +135,7 @@ def graded(tmp_path_factory):
     os.mkfifo(tmp / "submissions" / "honest" / "pipe")                         # a pipe the copy must skip
     alice_before = (tmp / "submissions" / "alice" / "hw.ipynb").read_bytes()
     (tmp / "grades.csv").write_text("old grades\n")
-    grading.grade(tmp / "submissions", tmp / "grades.csv", timeout=40, cell_timeout=4, memory_mb=4096,
+    grading.grade(tmp / "submissions", tmp / "grades.csv", timeout=40, cell_timeout=4, memory_mb=4096, disk_mb=64,
                   source=tmp / "source")
     done.set()
     grades_after = (tmp / "grades.csv").read_text()
@@ -149,9 +165,20 @@ def test_forged_results_and_os_exit_score_nothing(graded):
     assert score(graded, "forger") == (0, 0)
 
 
-def test_invalid_answers_file_scores_nothing_and_is_reported(graded):
+def test_answers_prepared_in_advance_score_nothing(graded):
+    """Right for the notebook's own cases, wrong for the cases drawn at grading time."""
+    assert score(graded, "preparer") == (0, 0)
+    assert "case 'random'" in graded["rows"]["preparer"]["feedback"]
+
+
+def test_invalid_answers_score_nothing_and_are_reported(graded):
     assert score(graded, "garbler") == (0, 0)
     assert "not valid JSON" in graded["rows"]["garbler"]["error"]
+
+
+def test_disk_is_limited(graded):
+    assert score(graded, "filler") == (1, 1)
+    assert "No space left on device" in graded["rows"]["filler"]["error"]
 
 
 def test_malformed_answers_score_nothing(graded):
@@ -207,7 +234,7 @@ def test_crash_deleted_check_blank_and_missing(graded):
 def test_cpu_time_limit_ends_a_busy_process(tmp_path):
     start = time.monotonic()
     problem = sandbox.run([sys.executable, "-c", "while True: pass"], tmp_path, tmp_path, {},
-                          sandbox.Limits(wall_seconds=60, cpu_seconds=1), sandboxed=False, log=tmp_path / "log")
+                          sandbox.Limits(wall_seconds=60, cpu_seconds=1), sandboxed=False).problem
     assert "SIGXCPU" in problem or "SIGKILL" in problem
     assert time.monotonic() - start < 20
 
@@ -215,7 +242,7 @@ def test_cpu_time_limit_ends_a_busy_process(tmp_path):
 def test_wall_clock_limit_kills_the_process_group(tmp_path):
     problem = sandbox.run([sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
                            f"'import time; time.sleep(60)', '{MARKER}_pg']); time.sleep(60)"], tmp_path, tmp_path, {},
-                          sandbox.Limits(wall_seconds=2), sandboxed=False, log=tmp_path / "log")
+                          sandbox.Limits(wall_seconds=2), sandboxed=False).problem
     assert problem == "timed out after 2 s"
     time.sleep(0.2)
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and f"{MARKER}_pg" in _cmdline(p)]

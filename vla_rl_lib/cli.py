@@ -169,6 +169,8 @@ def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.Argumen
     gr.add_argument("--cell_timeout", "--cell-timeout", type=int, default=None,
                     help="seconds per cell and per call of a student's function (default: timeout/4, at least 10)")
     gr.add_argument("--memory_mb", "--memory-mb", type=int, default=8192, help="address-space limit per submission")
+    gr.add_argument("--disk_mb", "--disk-mb", type=int, default=1024,
+                    help="size of each of the sandbox's two writable in-memory folders")
     gr.add_argument("--trust-submissions", "--trust_submissions", dest="trust_submissions", action="store_true",
                     help="grade even where the bubblewrap sandbox cannot be set up (submissions then run with your rights)")
     return parser
@@ -357,7 +359,7 @@ def _cmd_assignments(args: argparse.Namespace) -> int:
     else:
         path = grading.grade(args.submissions, args.output, timeout=args.timeout, source=args.source,
                              trust_submissions=args.trust_submissions, cell_timeout=args.cell_timeout,
-                             memory_mb=args.memory_mb)
+                             memory_mb=args.memory_mb, disk_mb=args.disk_mb)
         print(f"grades written to {path}")
     return 0
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 #: the dtypes an answer may have (object, string and void arrays are refused)
 DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
           "float64", "complex64", "complex128"}
-MAX_BYTES = 64 * 2**20  # an answers file larger than this is not read
+MAX_BYTES = 64 * 2**20  # answers larger than this are not read
 
 
 class Unconvertible:
@@ -89,18 +88,13 @@ def unpack(obj: Any) -> Any:
     raise ValueError(f"unknown kind {kind!r}")
 
 
-def write_json(path: str | Path, value: Any) -> None:
-    Path(path).write_text(json.dumps(value))
-
-
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file a sandboxed process wrote: size-limited; raises ``ValueError`` if unusable."""
-    path = Path(path)
-    if not path.is_file() or path.is_symlink():
-        raise ValueError("no answers were written")
-    if path.stat().st_size > MAX_BYTES:
-        raise ValueError(f"the answers file is larger than {MAX_BYTES // 2**20} MiB")
+def parse(data: bytes, overflow: bool = False) -> Any:
+    """The JSON a sandboxed process sent back; raises ``ValueError`` when it is unusable."""
+    if overflow or len(data) > MAX_BYTES:
+        raise ValueError(f"the answers are larger than {MAX_BYTES // 2**20} MiB")
+    if not data:
+        raise ValueError("no answers were sent")
     try:
-        return json.loads(path.read_text())
+        return json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"the answers file is not valid JSON ({type(exc).__name__})") from None
+        raise ValueError(f"the answers are not valid JSON ({type(exc).__name__})") from None

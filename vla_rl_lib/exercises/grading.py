@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import secrets
 import shutil
@@ -125,14 +126,16 @@ def release(source: str | Path, output: str | Path) -> list[Path]:
 
 def grade(submissions: str | Path, output: str | Path = "grades.csv", timeout: int = 600,
           source: str | Path = "notebooks/assignments", parameters: Optional[dict] = None,
-          trust_submissions: bool = False, cell_timeout: Optional[int] = None, memory_mb: int = 8192) -> Path:
+          trust_submissions: bool = False, cell_timeout: Optional[int] = None, memory_mb: int = 8192,
+          disk_mb: int = 1024) -> Path:
     """Grade ``submissions/<student>/<assignment>.ipynb`` against the assignments in ``source``.
 
     Writes a CSV with one row per student and assignment: points per exercise, total, maximum, the
     first error (missing notebook, failing cell, timeout) and the feedback of each failed exercise.
     ``timeout`` is the wall-clock limit of one notebook (its CPU-time limit is twice that);
     ``cell_timeout`` limits one cell and one call of a student's function (default: a quarter of
-    ``timeout``, at least 10 s). Returns the CSV path.
+    ``timeout``, at least 10 s); ``memory_mb`` its address space, ``disk_mb`` each of the sandbox's
+    two writable in-memory folders. Returns the CSV path.
     """
     nbformat = optional_import("nbformat", "notebooks", "Grading assignments")
     submissions, output, source = Path(submissions), Path(output), Path(source)
@@ -154,7 +157,7 @@ def grade(submissions: str | Path, output: str | Path = "grades.csv", timeout: i
     if reason:
         print(f"warning: grading WITHOUT a sandbox ({reason}); submissions run with your rights", file=sys.stderr)
     cell_timeout = cell_timeout or max(10, timeout // 4)
-    limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=2 * timeout, memory_mb=memory_mb)
+    limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=2 * timeout, memory_mb=memory_mb, disk_mb=disk_mb)
     params = {"smoke": True, **(parameters or {})}
     columns = [name for names in assignments.values() for name in names]
     students = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -190,34 +193,36 @@ def grade_one(folder: Path, notebook: str, functions: dict[str, str], params: di
         cases = {name: EXERCISES[name].cases() for name in functions}
     scratch = Path(tempfile.mkdtemp(prefix="vla_rl_grading_"))
     try:
-        work, io_dir = scratch / "submission", scratch / "grading"
+        work, job_path = scratch / "submission", scratch / "job.json"
         try:  # links are copied as links (they lead nowhere inside); pipes and devices are not copied
             shutil.copytree(folder, work, symlinks=True, ignore=_special_files)
         except (shutil.Error, OSError):
             pass  # whatever could be copied is graded; the notebook itself is a plain file
         work.mkdir(exist_ok=True)
-        io_dir.mkdir(exist_ok=True)
-        inside = (Path("/submission"), Path("/grading")) if sandboxed else (work, io_dir)
-        job = {"notebook": str(inside[0] / notebook), "answers": str(inside[1] / "answers.json"), "parameters": params,
-               "cell_timeout": cell_timeout, "call_timeout": cell_timeout,
+        inside = Path("/submission") if sandboxed else work
+        job = {"notebook": str(inside / notebook), "copy_from": "/original" if sandboxed else None,
+               "parameters": params, "cell_timeout": cell_timeout, "call_timeout": cell_timeout,
                "exercises": {name: {"function": fn, "grad_inputs": list(EXERCISES[name].grad_inputs),
                                     "cases": [{"name": c.name, "inputs": wire.pack(c.inputs)} for c in cases[name]]}
                              for name, fn in functions.items()}}
-        wire.write_json(io_dir / "job.json", job)
+        job_path.write_text(json.dumps(job))
         env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
                "LANG": "C.UTF-8", "VLA_RL_SMOKE": "1" if params.get("smoke") else "0"}
-        problem = sandbox.run([sys.executable, "-m", "vla_rl_lib.exercises.worker", str(inside[1] / "job.json")],
-                              work, io_dir, env, limits, sandboxed, io_dir / "log.txt")
-        # every process of the submission is gone now; only then is anything it wrote read
+        job_arg = "/grading/job.json" if sandboxed else str(job_path)
+        outcome = sandbox.run([sys.executable, "-m", "vla_rl_lib.exercises.worker", job_arg], work, job_path, env,
+                              limits, sandboxed, answers_cap=wire.MAX_BYTES)
+        # every process of the submission is gone now; only then is what it sent read
         try:
-            report = wire.read_json(io_dir / "answers.json")
+            report = wire.parse(outcome.answers, outcome.overflow)
             error = str(report.get("error", ""))[:300] if isinstance(report, dict) else ""
             exercises = report.get("exercises") if isinstance(report, dict) else None
         except ValueError as exc:
-            error, exercises = problem or str(exc), None
+            last = outcome.log_tail.strip().splitlines()[-1:] if outcome.problem else []
+            error = f"{outcome.problem or exc}" + (f" (last output: {last[0][:160]})" if last else "")
+            exercises = None
         exercises = exercises if isinstance(exercises, dict) else {}
         results = {name: _judge(name, cases[name], exercises.get(name)) for name in functions}
-        return (problem or error or ""), results
+        return (error if exercises == {} and error else outcome.problem or error or ""), results
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -1,19 +1,21 @@
 """The grading worker: runs one submission's notebook inside the sandbox, then calls its functions.
 
-    python -m vla_rl_lib.exercises.worker JOB.json
+    python -m vla_rl_lib.exercises.worker JOB.json ANSWERS_FD
 
 ``JOB.json`` (written by the grader) names the notebook, the parameters to inject, the time limits
 and, per exercise, the student's function name and the test inputs the grader drew. The worker
-executes the notebook's code cells in order (IPython, so magics work; an error or a timeout in one
-cell does not stop the next), then calls each function on each input and writes the raw outputs
-and gradients to the answers file. It judges nothing: the grader compares the answers with the
-reference in its own process, so whatever this process (and the student code in it) writes can at
-most be a wrong answer.
+copies the submission's folder into its working folder (in the sandbox: read-only ``/original`` to
+the in-memory ``/submission``), executes the notebook's code cells in order (IPython, so magics
+work; an error or a timeout in one cell does not stop the next), then calls each function on each
+input and writes the raw outputs and gradients, as JSON, to the file descriptor ``ANSWERS_FD``. It
+judges nothing: the grader compares the answers with the reference in its own process, so whatever
+this process (and the student code in it) sends can at most be a wrong answer.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -112,11 +114,13 @@ def _numeric(value, to_numpy):
         return value
 
 
-def main(job_path: str) -> None:
+def main(job_path: str, answers_fd: int) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     job = json.loads(Path(job_path).read_text())
-    out_path = Path(job["answers"])
+    answers_out = os.fdopen(answers_fd, "wb")
     report: dict = {"error": "", "exercises": {}}
+    if job.get("copy_from"):
+        shutil.copytree(job["copy_from"], ".", symlinks=True, dirs_exist_ok=True)
     try:
         notebook = json.loads(Path(job["notebook"]).read_text())
         cells = _code_cells(notebook, job.get("parameters", {}))
@@ -132,12 +136,11 @@ def main(job_path: str) -> None:
         else:
             report["exercises"][name] = {"answers": answer(fn, spec["cases"], tuple(spec["grad_inputs"]),
                                                            job["call_timeout"])}
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps(report))
-    os.replace(tmp, out_path)
+    answers_out.write(json.dumps(report).encode())
+    answers_out.close()
     sys.stdout.flush()
     os._exit(0)  # no atexit hooks or lingering threads of the student's code
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]))
