@@ -33,19 +33,20 @@ def _on_alarm(signum, frame):
     raise CellTimeout("ran past its time limit")
 
 
-def _code_cells(notebook: dict, parameters: dict) -> list[str]:
-    """The notebook's code cells, with the grader's parameters injected after the ``parameters`` cell."""
+def _code_cells(notebook: dict, parameters: dict) -> list[tuple[str, str]]:
+    """(label, source) of the notebook's code cells (``code cell N``, counted as JupyterLab shows them),
+    with the grader's parameters injected after the ``parameters`` cell."""
     cells, injected = [], False
-    inject = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+    inject = ("the grader's parameters", "\n".join(f"{k} = {v!r}" for k, v in parameters.items()))
     for cell in notebook.get("cells", []):
         if cell.get("cell_type") != "code":
             continue
         source = cell.get("source", "")
-        cells.append("".join(source) if isinstance(source, list) else str(source))
+        cells.append((f"code cell {len(cells) + 1 - injected}", "".join(source) if isinstance(source, list) else str(source)))
         if not injected and "parameters" in (cell.get("metadata", {}).get("tags") or []):
             cells.append(inject)
             injected = True
-    return cells if injected or not inject else [inject, *cells]
+    return cells if injected or not parameters else [inject, *cells]
 
 
 def _shell():
@@ -59,12 +60,12 @@ def _shell():
     return InteractiveShell.instance(config=config)
 
 
-def run_cells(cells: list[str], cell_timeout: float) -> tuple[dict, str]:
-    """Execute the cells in one namespace; return it and the first error (``cell N: Type: message``)."""
+def run_cells(cells: list[tuple[str, str]], cell_timeout: float) -> tuple[dict, str]:
+    """Execute the cells in one namespace; return it and the first error (``code cell N: Type: message``)."""
     shell = _shell()
     namespace: dict = shell.user_ns if shell is not None else {"__name__": "__main__"}
     first_error = ""
-    for number, source in enumerate(cells, 1):
+    for label, source in cells:
         error = None
         _alarm(cell_timeout)
         try:
@@ -72,14 +73,14 @@ def run_cells(cells: list[str], cell_timeout: float) -> tuple[dict, str]:
                 result = shell.run_cell(source, store_history=False)
                 error = result.error_before_exec or result.error_in_exec
             else:
-                exec(compile(source, f"<cell {number}>", "exec"), namespace)  # noqa: S102 - inside the sandbox
+                exec(compile(source, f"<{label}>", "exec"), namespace)  # noqa: S102 - inside the sandbox
         except BaseException as exc:  # noqa: BLE001 - a student's cell may raise anything, SystemExit included
             error = exc
         finally:
             _alarm(0)
         if error is not None and not first_error:
             kind = "timed out" if isinstance(error, CellTimeout) else f"{type(error).__name__}: {error}"
-            first_error = f"cell {number}: {kind}"[:300]
+            first_error = f"{label}: {kind}"[:300]
     return namespace, first_error
 
 
