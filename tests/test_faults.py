@@ -209,12 +209,14 @@ def test_offline_trainer_without_env_fails_before_training(tmp_path, sizes, word
     assert trainer.global_step == 0
 
 
-def test_offline_trainer_infers_an_unambiguous_env_and_says_so(tmp_path, capsys):
+@pytest.mark.parametrize("sizes,env_id", [((3, 1), "Pendulum-v1"), ((11, 3), "Hopper-v5")])
+def test_offline_trainer_infers_an_unambiguous_env_and_says_so(tmp_path, capsys, sizes, env_id):
+    """The specification's IQL example trains on a d4rl get_dataset() dict, which names no environment."""
     cfg = OfflineRLConfig(num_epochs=1, steps_per_epoch=5, batch_size=16, eval_episodes=1, output_dir=str(tmp_path))
-    trainer = ToyBC(obs_dim=3, action_dim=1, config=cfg)
-    trainer.train(ToyBuffer(obs_dim=3, action_dim=1))
-    assert trainer.env_id == "Pendulum-v1" and "evaluating on Pendulum-v1" in capsys.readouterr().out
-    assert trainer.last_evaluation["mean_length"] == 200
+    trainer = ToyBC(obs_dim=sizes[0], action_dim=sizes[1], config=cfg)
+    trainer.train(ToyBuffer(obs_dim=sizes[0], action_dim=sizes[1]))
+    assert trainer.env_id == env_id and f"evaluating on {env_id}" in capsys.readouterr().out
+    assert trainer.last_evaluation["step"] == 5 and trainer.last_evaluation["mean_length"] > 0
 
 
 def test_python_api_refuses_to_mix_with_another_algorithms_run(world, tmp_path):
