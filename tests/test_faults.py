@@ -357,3 +357,23 @@ def test_kill_during_save_keeps_a_whole_checkpoint_and_the_next_save_cleans_up(t
         assert torch.all(state["w"] == float(state["n"]))  # whole: one save's values throughout
     save_checkpoint(path, {"n": 0, "w": torch.zeros(3)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("argv", [["train", "iql", "--dataset", "pendulum-medium-v0", "--output_dir", "{ro}/run"],
+                                  ["sweep", "notebooks/00_quickstart.ipynb", "--grid", "smoke=1", "--output", "{ro}/sw"]],
+                         ids=["train", "sweep"])
+def test_read_only_mount(tmp_path, argv):
+    """A really read-only folder (a read-only bind mount, which binds even root), via bubblewrap."""
+    import shutil
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed: the /sys cases above cover the unwritable folder")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cmd = ["bwrap", "--dev-bind", "/", "/", "--ro-bind", str(ro), str(ro), sys.executable, "-m", "vla_rl_lib",
+           *[a.replace("{ro}", str(ro)) for a in argv]]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if "bwrap:" in result.stderr:
+        pytest.skip(f"bubblewrap cannot make mounts here: {result.stderr.strip()}")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Read-only file system" in result.stderr and not any(ro.iterdir())
