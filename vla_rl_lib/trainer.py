@@ -32,8 +32,9 @@ import torch.nn as nn
 
 from vla_rl_lib import __version__
 from vla_rl_lib.callbacks import Callback, CallbackList, ProgressBar
-from vla_rl_lib.checkpoint import (check_writable_dir, clear_run, existing_run, load_checkpoint, remove_stale_temporaries, rng_state,
-                                   save_checkpoint, seed_everything, set_rng_state, trainer_meta, with_article)
+from vla_rl_lib.checkpoint import (check_writable_dir, clear_run, existing_run, load_checkpoint,
+                                   remove_stale_temporaries, rng_state, save_checkpoint, seed_everything, set_rng_state,
+                                   trainer_meta, with_article)
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, RLConfig, resolve_device
 from vla_rl_lib.errors import CheckpointError, ConfigError, DatasetError, IncompatibleError, TrainingDivergedError
 from vla_rl_lib.logging import RunLogger
