@@ -1,7 +1,6 @@
 """Course exercises: references pass, blanks and typical mistakes fail with the right message, and
 the grader grades a folder of mixed submissions correctly."""
 import csv
-import json
 
 import nbformat
 import numpy as np
@@ -85,63 +84,23 @@ def test_strip_solutions_keeps_indentation_and_rejects_broken_markers():
         grading.strip_solutions("### BEGIN SOLUTION\nx = 1\n")
 
 
-# -- grading a folder of mixed submissions ---------------------------------------------------------
-
-def _assignment(cells):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("smoke = False"), *[nbformat.v4.new_code_cell(c) for c in cells]]
-    nb.cells[0].metadata["tags"] = ["parameters"]
-    return nb
-
-
-K3_OK = "import torch\nfrom vla_rl_lib import exercises\ndef k3_kl(log_probs, ref_log_probs):\n    d = ref_log_probs - log_probs\n    return torch.exp(d) - d - 1"
-K3_CHECK = "exercises.check_k3_kl(k3_kl)"
-RTG_OK = "import numpy as np\ndef returns_to_go(rewards):\n    return np.cumsum(rewards[::-1])[::-1].copy()"
-RTG_CHECK = "exercises.check_returns_to_go(returns_to_go)"
-RTG_LOOPS = "def returns_to_go(rewards):\n    while True:\n        pass"
-
+# -- grading (the hostile submissions are in test_grading_sandbox.py) --------------------------------
 
 @pytest.mark.slow
-def test_grader_grades_mixed_submissions(tmp_path):
-    source = tmp_path / "source"
-    source.mkdir()
-    nbformat.write(_assignment([K3_OK, K3_CHECK, RTG_OK, RTG_CHECK]), source / "hw.ipynb")
-    subs = tmp_path / "submissions"
-    students = {
-        "alice": [K3_OK, K3_CHECK, RTG_OK, RTG_CHECK],                                  # everything right
-        "bob": [K3_OK.replace("- 1", ""), K3_CHECK, RTG_OK, RTG_CHECK],                 # k3 wrong
-        "carol": ["raise RuntimeError('boom')", K3_OK, K3_CHECK, RTG_OK, RTG_CHECK],    # a crashing cell first
-        "dave": [K3_OK, K3_CHECK, RTG_LOOPS, RTG_CHECK],                                # rtg loops forever
-        "erin": [K3_OK, RTG_OK, RTG_CHECK],                                             # deleted the k3 check cell
-    }
-    for name, cells in students.items():
-        (subs / name).mkdir(parents=True)
-        nbformat.write(_assignment(cells), subs / name / "hw.ipynb")
-    (subs / "frank").mkdir()                                                            # submitted nothing
-    out = grading.grade(subs, tmp_path / "grades.csv", timeout=60, source=source)
-    rows = {r["student"]: r for r in csv.DictReader(open(out))}
-    got = {s: (int(r["k3_kl"]), int(r["returns_to_go"]), int(r["total"]), int(r["max"])) for s, r in rows.items()}
-    assert got == {"alice": (1, 1, 2, 2), "bob": (0, 1, 1, 2), "carol": (1, 1, 2, 2), "dave": (1, 0, 1, 2),
-                   "erin": (0, 1, 1, 2), "frank": (0, 0, 0, 2)}
-    assert rows["alice"]["error"] == ""
-    assert "RuntimeError" in rows["carol"]["error"]
-    assert rows["dave"]["error"]          # the timed-out cell is reported; the other exercise still counts
-    assert "missing" in rows["frank"]["error"]
+def test_instructor_notebooks_score_full_marks(tmp_path):
+    """The solutions, graded as a submission by the real grader, pass every exercise."""
+    import shutil
 
+    from vla_rl_lib.exercises import sandbox
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["offline_rl", "online_rl", "vla_actions"])
-def test_instructor_notebooks_pass_every_check(name, tmp_path, monkeypatch):
-    papermill = pytest.importorskip("papermill")
-    results = tmp_path / "results.jsonl"
-    monkeypatch.setenv("VLA_RL_GRADING_RESULTS", str(results))
-    papermill.execute_notebook(f"notebooks/assignments/{name}.ipynb", str(tmp_path / "out.ipynb"),
-                               parameters={"smoke": True}, kernel_name="python3", progress_bar=False,
-                               cwd=str(tmp_path))
-    records = [json.loads(l) for l in results.read_text().splitlines()]
-    nb = nbformat.read(f"notebooks/assignments/{name}.ipynb", as_version=4)
-    assert {r["exercise"] for r in records if r["passed"]} == set(grading.exercises_of(nb))
+    (tmp_path / "subs").mkdir()
+    shutil.copytree("notebooks/assignments", tmp_path / "subs" / "instructor")
+    out = grading.grade(tmp_path / "subs", tmp_path / "grades.csv", timeout=300,
+                        trust_submissions=sandbox.unavailable_reason() is not None)
+    rows = list(csv.DictReader(open(out)))
+    assert {r["assignment"] for r in rows} == {"offline_rl", "online_rl", "vla_actions"}
+    for row in rows:
+        assert row["total"] == row["max"] != "0", row
 
 
 def test_assignment_notebooks_match_their_source():

@@ -16,18 +16,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from vla_rl_lib.errors import VLARLError
+from vla_rl_lib.errors import ConfigError, VLARLError
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$|^-nan$")
 OFFLINE = ("iql", "cql", "td3_bc", "dt", "bc")
 ONLINE = ("ppo", "sac", "grpo")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors in one line (no usage dump) and exits with status 2."""
+    """argparse that reports errors in one line (no usage dump) and exits with status 2.
+
+    Negative numbers in exponent form (``--learning_rate -1e-3``, ``-p lr -1e-3``) are values, not
+    options: argparse's own pattern misses the exponent and would answer "expected one argument"
+    instead of letting the range check say what is wrong (no flag of the kit looks like a number).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -66,6 +77,8 @@ def _add_train_parser(sub, algo: str, required: bool = False) -> None:
                    help="also log to Weights & Biases (offline mode without network; needs `pip install wandb`)")
     g.add_argument("--config", dest="config_file", metavar="FILE",
                    help="YAML/JSON file with config and hyperparameter values (flags override it)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --output_dir (by default train refuses; `vla-rl resume` continues it)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(algo=algo, trainer_cls=cls)
 
@@ -151,7 +164,15 @@ def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.Argumen
     gr = asg_sub.add_parser("grade", help="grade SUBMISSIONS_DIR/<student>/<assignment>.ipynb")
     gr.add_argument("submissions")
     gr.add_argument("--output", default="grades.csv")
-    gr.add_argument("--timeout", type=int, default=600, help="seconds per notebook")
+    gr.add_argument("--source", default="notebooks/assignments", help="the instructor's assignment notebooks")
+    gr.add_argument("--timeout", type=int, default=600, help="wall-clock seconds per notebook (CPU time: twice that)")
+    gr.add_argument("--cell_timeout", "--cell-timeout", type=int, default=None,
+                    help="seconds per cell and per call of a student's function (default: timeout/4, at least 10)")
+    gr.add_argument("--memory_mb", "--memory-mb", type=int, default=8192, help="address-space limit per submission")
+    gr.add_argument("--disk_mb", "--disk-mb", type=int, default=1024,
+                    help="size of each of the sandbox's two writable in-memory folders")
+    gr.add_argument("--trust-submissions", "--trust_submissions", dest="trust_submissions", action="store_true",
+                    help="grade even where the bubblewrap sandbox cannot be set up (submissions then run with your rights)")
     return parser
 
 
@@ -161,18 +182,55 @@ def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.Argumen
 
 def _split_values(args: argparse.Namespace, cls) -> tuple[dict, dict]:
     values = {k: v for k, v in vars(args).items() if k not in ("command", "algo", "trainer_cls", "use_wandb",
-                                                               "config_file", "progress")}
+                                                               "config_file", "progress", "overwrite")}
     if args.config_file:
-        import yaml
-
-        loaded = yaml.safe_load(Path(args.config_file).read_text()) or {}
-        loaded = {**loaded.get("config", {}), **loaded.get("hparams", {})} if "config" in loaded else loaded
-        values = {**loaded, **values}
+        values = {**read_config_file(args.config_file), **values}
     values = {**ALGO_CLI_DEFAULTS.get(cls.algorithm, {}), **values}
     config_names = {f["name"] for f in cls.config_class.field_info()}
     config_values = {k: v for k, v in values.items() if k in config_names}
     hparam_values = {k: v for k, v in values.items() if k not in config_names}
     return config_values, hparam_values
+
+
+def read_config_file(path: str) -> dict:
+    """The values of a ``--config`` YAML/JSON file (a mapping, optionally split into config: and hparams:)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config {path}: no such file" if not file.exists() else f"--config {path} is not a file")
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"--config {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path} could not be read ({exc})") from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path} holds a YAML {type(loaded).__name__}, not a mapping; write one "
+                          "`name: value` per line (or the config:/hparams: sections of a run's config.yaml)")
+    if "config" in loaded:
+        parts = [loaded.get("config") or {}, loaded.get("hparams") or {}]
+        if not all(isinstance(p, dict) for p in parts):
+            raise ConfigError(f"--config {path}: its config: and hparams: sections must be mappings")
+        loaded = {**parts[0], **parts[1]}
+    return loaded
+
+
+def _claim_output_dir(config, overwrite: bool) -> None:
+    """Before any data loads: --output_dir must be a writable folder that holds no other run."""
+    from vla_rl_lib.checkpoint import check_writable_dir, clear_run, existing_run, with_article
+
+    check_writable_dir(config.output_dir, "--output_dir")
+    other = existing_run(config.output_dir)
+    if other is not None and not overwrite:
+        raise ConfigError(f"--output_dir {config.output_dir} already holds {with_article(other)}; continue it with "
+                          f"`vla-rl resume {config.output_dir}`, replace it with --overwrite, or choose another --output_dir")
+    if other is not None:
+        clear_run(config.output_dir)
+        print(f"--overwrite: removed {with_article(other)} from {config.output_dir}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -181,16 +239,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if cls.config_class.__name__ == "RLConfig":
         config_values["algorithm"] = args.algo
     config = cls.config_class.from_dict(config_values)
+    _claim_output_dir(config, args.overwrite)
     if args.algo in OFFLINE:
         from vla_rl_lib.data.buffer import OfflineReplayBuffer
+        from vla_rl_lib.data.hdf5 import validate_dataset
         from vla_rl_lib.data.datasets import load_dataset
 
         if not config.dataset:
             raise VLARLError(f"vla-rl train {args.algo} needs --dataset (a D4RL name such as hopper-medium-v2, "
                              "a Minari id, an .hdf5 path, or a kit dataset such as pendulum-medium-v0)")
         data = load_dataset(config.dataset)
-        obs_dim = int(data["observations"].shape[1])
-        action_dim = int(data["actions"].shape[1]) if data["actions"].ndim > 1 else 1
+        checked = validate_dataset(data, source=config.dataset)
+        obs_dim = int(checked["observations"].shape[1])
+        action_dim = int(checked["actions"].shape[1]) if checked["actions"].ndim > 1 else 1
         buffer = OfflineReplayBuffer(obs_dim, action_dim).load_dataset(data)
         trainer = cls(obs_dim=obs_dim, action_dim=action_dim, config=config, use_wandb=args.use_wandb,
                       progress_bar=args.progress, **hparams)
@@ -223,7 +284,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from vla_rl_lib.checkpoint import load_checkpoint
+    from vla_rl_lib.checkpoint import load_checkpoint, trainer_meta
     from vla_rl_lib.trainer import Trainer
 
     path = Path(args.run_dir)
@@ -232,7 +293,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     overrides = {"output_dir": str(run_dir)}
     if args.dataset:
         overrides["dataset"] = args.dataset
-    meta = load_checkpoint(checkpoint)["meta"]
+    meta = trainer_meta(load_checkpoint(checkpoint), checkpoint)
     trainer = Trainer.from_checkpoint(checkpoint, **overrides)
     trainer.progress_bar = args.progress
     print(f"resuming {meta['algorithm']} at step {trainer.global_step} of {trainer.total_steps} in {run_dir}")
@@ -251,22 +312,34 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_notebook(args: argparse.Namespace) -> int:
+    from vla_rl_lib.checkpoint import check_writable_dir
     from vla_rl_lib.notebook import describe_run, parse_parameters, run_notebook
 
     output = args.output or f"runs/{Path(args.notebook).stem}"
+    check_writable_dir(output, "--output")
     path = run_notebook(args.notebook, parse_parameters(args.parameter), output, progress_bar=True)
     print(describe_run(path))
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from vla_rl_lib.checkpoint import check_writable_dir
     from vla_rl_lib.notebook import parse_grid, parse_parameters, sweep
 
-    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
     output = args.output or f"runs/sweep_{Path(args.notebook).stem}"
+    check_writable_dir(output, "--output")
     summary = sweep(args.notebook, parse_grid(args.grid), seeds=seeds, workers=args.workers, output_dir=output,
                     parameters=parse_parameters(args.parameter), backend=args.backend, address=args.address)
     print(f"sweep summary: {summary}")
+    if summary.failed:
+        names = ", ".join(row["run"] for row in summary.failed)
+        print(f"vla-rl sweep: error: {len(summary.failed)} of {len(summary.rows)} runs failed: {names} "
+              f"(errors in {summary.csv_path}; rerun the same command to retry only those)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -284,7 +357,9 @@ def _cmd_assignments(args: argparse.Namespace) -> int:
         written = grading.release(args.source, args.output)
         print(f"wrote {len(written)} student notebooks to {args.output}")
     else:
-        path = grading.grade(args.submissions, args.output, timeout=args.timeout)
+        path = grading.grade(args.submissions, args.output, timeout=args.timeout, source=args.source,
+                             trust_submissions=args.trust_submissions, cell_timeout=args.cell_timeout,
+                             memory_mb=args.memory_mb, disk_mb=args.disk_mb)
         print(f"grades written to {path}")
     return 0
 
@@ -318,6 +393,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return COMMANDS[args.command](args)
     except VLARLError as exc:
         print(f"vla-rl {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file system refusal (permissions, read-only, disk full): one line, not a traceback
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"vla-rl {args.command}: error: {exc.strerror or exc}{where}; check the path and its permissions",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -263,7 +263,8 @@ class SweepSummary:
         return [r for r in self.rows if r["status"] in ("ok", "skipped")]
 
     def __repr__(self) -> str:
-        return (f"SweepSummary({len(self.rows)} runs: {len(self.ok)} complete, {len(self.failed)} failed; "
+        failed = f" ({', '.join(r['run'] for r in self.failed)})" if self.failed else ""
+        return (f"SweepSummary({len(self.rows)} runs: {len(self.ok)} complete, {len(self.failed)} failed{failed}; "
                 f"summary {self.csv_path}, plot {self.plot_path})")
 
 
@@ -289,14 +290,20 @@ def flatten_metrics(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def _is_complete(run_dir: Path, notebook_name: str) -> bool:
+def _previous_run(run_dir: Path, notebook_name: str, params: dict) -> str:
+    """``complete`` (ok, with these parameters), ``changed`` (ok, with other parameters) or ``todo``."""
     record = run_dir / RUN_RECORD
     if not record.is_file() or not (run_dir / notebook_name).is_file():
-        return False
+        return "todo"
     try:
-        return json.loads(record.read_text()).get("status") == "ok"
+        done = json.loads(record.read_text())
     except (OSError, json.JSONDecodeError):
-        return False
+        return "todo"
+    if not isinstance(done, dict) or done.get("status") != "ok":
+        return "todo"
+    before = {k: v for k, v in (done.get("parameters") or {}).items() if k != "output_dir"}
+    now = {k: v for k, v in _jsonable(params).items() if k != "output_dir"}
+    return "complete" if before == now else "changed"
 
 
 def _execute_one(notebook: str, params: dict, run_dir: str, timeout: Optional[int]) -> dict:
@@ -330,8 +337,10 @@ def sweep(notebook: str | Path, grid: dict[str, list], seeds: Sequence[int] = (0
 
     Each run goes to ``output_dir/<k=v_..._seed=S>/`` with its executed notebook, ``run.json``
     and whatever the notebook writes (``metrics.json``, plot, video). ``parameters`` are fixed for
-    every run; the notebook's ``seed`` parameter takes each of ``seeds``. Runs already complete
-    (``run.json`` says ok) are skipped, so rerunning an interrupted sweep finishes it. A failing
+    every run; the notebook's ``seed`` parameter takes each of ``seeds``. Each run's ``run.json``
+    and its ``summary.csv`` row record its full parameters. Runs already complete with the same
+    parameters (``run.json`` says ok) are skipped, so rerunning an interrupted sweep finishes it; a
+    run whose parameters changed (``-p smoke false``) is rerun, and the sweep says so. A failing
     run does not stop the sweep: its partial notebook is kept and its error goes into the summary.
     ``backend="ray"`` sends the runs to Ray (``address`` of a cluster, or a local Ray when None);
     every node must see ``output_dir`` and the notebook at the same paths.
@@ -369,15 +378,21 @@ def sweep(notebook: str | Path, grid: dict[str, list], seeds: Sequence[int] = (0
             jobs.append(dict(point=point, seed=seed, run_dir=run_dir, params=params))
 
     results: dict[int, dict] = {}
-    todo = []
+    todo, changed = [], []
     for i, job in enumerate(jobs):
-        if _is_complete(job["run_dir"], path.name):
+        previous = _previous_run(job["run_dir"], path.name, job["params"])
+        if previous == "complete":
             results[i] = {"status": "skipped", "error": "", "duration_s": 0.0}
         else:
             todo.append(i)
+            if previous == "changed":
+                changed.append(job["run_dir"].name)
     if verbose:
-        print(f"sweep: {len(jobs)} runs ({len(jobs) - len(todo)} already complete) of {path.name} "
-              f"into {out} on {backend} with {workers} worker(s)", flush=True)
+        print(f"sweep: {len(jobs)} runs ({len(jobs) - len(todo)} already complete with the same parameters) of "
+              f"{path.name} into {out} on {backend} with {workers} worker(s)", flush=True)
+        if changed:
+            print(f"sweep: rerunning {len(changed)} run(s) whose parameters changed since they ran: "
+                  f"{', '.join(changed)}", flush=True)
 
     def report(i, res):
         results[i] = res
@@ -405,7 +420,9 @@ def sweep(notebook: str | Path, grid: dict[str, list], seeds: Sequence[int] = (0
     for i, job in enumerate(jobs):
         res = results[i]
         row = {"run": job["run_dir"].name, **job["point"], "seed": job["seed"], "status": res["status"],
-               "error": res["error"], "duration_s": res["duration_s"]}
+               "error": res["error"], "duration_s": res["duration_s"],
+               "rerun": "parameters changed" if job["run_dir"].name in changed else "",
+               "parameters": json.dumps(_jsonable(job["params"]), sort_keys=True)}
         row.update(_read_metrics(job["run_dir"]))
         rows.append(row)
     columns = _columns(rows, list(grid))
@@ -462,7 +479,7 @@ def _run_ray(todo, args, workers, address, report) -> None:
 
 
 def _columns(rows: list[dict], axes: list[str]) -> list[str]:
-    head = ["run", *axes, "seed", "status", "error", "duration_s"]
+    head = ["run", *axes, "seed", "status", "error", "duration_s", "rerun", "parameters"]
     rest = sorted({k for r in rows for k in r} - set(head))
     return head + rest
 

@@ -32,7 +32,9 @@ import torch.nn as nn
 
 from vla_rl_lib import __version__
 from vla_rl_lib.callbacks import Callback, CallbackList, ProgressBar
-from vla_rl_lib.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from vla_rl_lib.checkpoint import (check_writable_dir, clear_run, existing_run, load_checkpoint,
+                                   remove_stale_temporaries, rng_state, save_checkpoint, seed_everything, set_rng_state,
+                                   trainer_meta, with_article)
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, RLConfig, resolve_device
 from vla_rl_lib.errors import CheckpointError, ConfigError, DatasetError, IncompatibleError, TrainingDivergedError
 from vla_rl_lib.logging import RunLogger
@@ -159,9 +161,15 @@ class Trainer:
         if bad:
             raise TrainingDivergedError(
                 f"{bad[0]} became {avg[bad[0]]} by step {self.global_step} ({self.algorithm}); training stopped. "
-                f"The last good checkpoint is kept in {self.run_dir / 'checkpoint.pt'}. "
+                f"{self._last_checkpoint_note()} "
                 "Try a lower learning_rate, gradient clipping or reward normalisation.")
         return avg
+
+    def _last_checkpoint_note(self) -> str:
+        path = self.run_dir / "checkpoint.pt"
+        if path.is_file():
+            return f"The last good checkpoint is kept in {path}."
+        return f"No checkpoint was written before it (save_freq={self.config.save_freq}), so none is kept."
 
     def log(self, extra: Optional[dict] = None) -> dict:
         metrics = self._flush_metrics()
@@ -186,9 +194,13 @@ class Trainer:
         from vla_rl_lib.envs import make_env
 
         n = self.config.eval_episodes if num_episodes is None else int(num_episodes)
+        if n < 1:
+            hint = "" if num_episodes is not None else " (config.eval_episodes is 0: pass evaluate(num_episodes=N))"
+            raise ConfigError(f"num_episodes={n} must be >= 1{hint}")
         target = self._eval_env_spec() if env is None else env
         own_env = isinstance(target, str)
         eval_env = make_env(target) if own_env else target
+        self._check_eval_env(eval_env, target, own_env)
         seed = (self.config.seed + 10_000) if seed is None else seed
         returns, lengths, successes = [], [], []
         was_training = self.policy.training
@@ -230,6 +242,20 @@ class Trainer:
             results["video"] = str(record_video(self, target if isinstance(target, str) else self._eval_env_spec(),
                                                 video_path, seed=seed, deterministic=deterministic))
         return results
+
+    def _check_eval_env(self, eval_env, target, own_env: bool) -> None:
+        """The evaluation env's observations must have the size the policy was trained on."""
+        space = getattr(self, "observation_space", None)
+        expected = getattr(space, "shape", None) if space is not None else (
+            (self.obs_dim,) if isinstance(getattr(self, "obs_dim", None), int) else None)
+        got = getattr(getattr(eval_env, "observation_space", None), "shape", None)
+        if expected and got and tuple(got) != tuple(expected):
+            if own_env:
+                eval_env.close()
+            name = target if isinstance(target, str) else type(target).__name__
+            raise IncompatibleError(f"the environment {name!r} has observations of shape {tuple(got)}, but this "
+                                    f"{self.algorithm} policy was trained on shape {tuple(expected)}; evaluate on the "
+                                    "environment it was trained on (or one with the same observation size)")
 
     def _normalized_score(self, mean_reward: float, env) -> Optional[float]:
         """D4RL-style normalised score: of the dataset/task when evaluating on the default
@@ -315,7 +341,7 @@ class Trainer:
     def load(self, path: str | Path) -> "Trainer":
         """Restore everything :meth:`save` wrote; ``global_step`` continues from the checkpoint."""
         state = load_checkpoint(path, map_location=self.device)
-        meta = state.get("meta", {})
+        meta = trainer_meta(state, path)
         if meta.get("algorithm") != self.algorithm:
             raise CheckpointError(f"{path} holds a {meta.get('algorithm')!r} checkpoint, not {self.algorithm!r}; "
                                   f"load it with the matching trainer or `vla-rl evaluate {path}`")
@@ -348,10 +374,10 @@ class Trainer:
     def from_checkpoint(cls, path: str | Path, **overrides) -> "Trainer":
         """Rebuild the trainer a checkpoint was written by, and load it (``config`` fields may be overridden)."""
         state = load_checkpoint(path)
-        meta = state["meta"]
+        meta = trainer_meta(state, path)
         trainer_cls = get_trainer_class(meta["algorithm"]) if cls in (Trainer, OfflineTrainer, OnlineTrainer) else cls
         config = trainer_cls.config_class.from_dict(meta["config"], **overrides)
-        trainer = trainer_cls(config=config, **meta["init"], **meta["hparams"])
+        trainer = trainer_cls(config=config, **(meta.get("init") or {}), **(meta.get("hparams") or {}))
         return trainer.load(path)
 
     # ------------------------------------------------------------------------------------------
@@ -364,10 +390,12 @@ class Trainer:
         self._callbacks = CallbackList(cbs)
         self.stop_training = False
         self.interrupted = False
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         resuming = self.global_step > 0
-        if not resuming and (self.run_dir / "metrics.csv").exists():
-            (self.run_dir / "metrics.csv").unlink()
+        check_writable_dir(self.run_dir, "output_dir")
+        if not resuming:
+            self._claim_run_dir()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.run_dir)
         import yaml
 
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(
@@ -380,6 +408,16 @@ class Trainer:
         self._t0, self._step0 = time.time(), self.global_step
         if self._callbacks.on_train_start(self) is False:
             self.stop_training = True
+
+    def _claim_run_dir(self) -> None:
+        """A fresh run replaces an earlier run of the same algorithm in its folder (re-running a notebook),
+        and refuses to mix with another algorithm's run (the command line refuses any run, see ``--overwrite``)."""
+        other = existing_run(self.run_dir)
+        if other is not None and other not in (f"{self.algorithm} run", "training run"):
+            raise ConfigError(f"output_dir {self.run_dir} holds {with_article(other)}; train {self.algorithm} into another "
+                              "output_dir, or delete that folder first")
+        if other is not None:
+            clear_run(self.run_dir)
 
     def _end(self) -> None:
         self._callbacks.on_train_end(self)
@@ -562,10 +600,27 @@ class OfflineTrainer(Trainer):
     def _score_name(self):
         return self.dataset_name or self.env_id
 
+    def _infer_env(self) -> None:
+        """Before the first gradient step: find the environment evaluation will need, or fail now."""
+        from vla_rl_lib.data.datasets import env_ids_with_sizes
+
+        candidates = env_ids_with_sizes(self.obs_dim, self.action_dim)
+        if len(candidates) == 1:
+            self.env_id = candidates[0]
+            print(f"{self.algorithm}: the dataset names no environment; evaluating on {self.env_id}, the only "
+                  f"known task with observations of size {self.obs_dim} and actions of size {self.action_dim} "
+                  "(set OfflineRLConfig.env / --env to choose another)")
+            return
+        which = f" (it could be any of {', '.join(candidates)})" if candidates else ""
+        raise ConfigError(f"no environment to evaluate on: the dataset names none{which}; set OfflineRLConfig.env "
+                          "(--env), e.g. env='Hopper-v5', or eval_episodes=0 to train without evaluating")
+
     def train(self, buffer=None, callbacks: Optional[Iterable[Callback]] = None) -> "OfflineTrainer":
         """Train for ``num_epochs * steps_per_epoch`` gradient steps (continuing from ``global_step``)."""
         buffer = buffer if buffer is not None else (self.buffer if self.buffer is not None else self.load_buffer())
         self.attach_buffer(buffer)
+        if self.config.eval_episodes > 0 and self.env_id is None:
+            self._infer_env()
         self._begin(callbacks)
         cfg = self.config
         device = self.device
@@ -644,6 +699,7 @@ class OnlineTrainer(Trainer):
                  progress_bar: bool = False, **hparams):
         super().__init__(config, callbacks, use_wandb, progress_bar, **hparams)
         from vla_rl_lib.envs import make_env, make_vector_env
+        from vla_rl_lib.envs.checks import require_seeded_reset
 
         cfg = self.config
         if cfg.algorithm != self.algorithm and self.algorithm in ("ppo", "sac", "grpo"):
@@ -661,6 +717,7 @@ class OnlineTrainer(Trainer):
             self.envs = env
             self._eval_target = self.env_id
         elif isinstance(env, gym.Env):
+            require_seeded_reset(env)
             self.env_id = getattr(getattr(env, "spec", None), "id", None)
             if cfg.num_envs == 1:
                 self.envs = gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)

@@ -123,7 +123,7 @@ class HyperparameterPanel(w.VBox):
 
     ``dataset`` (offline) or ``env`` (online) picks the data; ``overrides`` set starting values of
     config fields, ``hparams`` of algorithm fields (e.g. ``{"expectile": 0.9}``). ``output_dir``
-    is the run directory of each run (``<output_dir>/run_<n>``).
+    is the folder of the runs (``<output_dir>/run_<n>``, the next ``n`` whose folder holds no run).
     """
 
     def __init__(self, algorithm: str, dataset: Optional[str] = None, env: Optional[str] = None,
@@ -216,7 +216,11 @@ class HyperparameterPanel(w.VBox):
     def build_config(self):
         """Validated config and hyperparameter objects (raises the library's ConfigError)."""
         config_values, hparams = self.values()
+        from vla_rl_lib.checkpoint import existing_run
+
         self.runs += 1
+        while existing_run(f"{self.output_dir}/run_{self.runs}") is not None:  # never replace an earlier run
+            self.runs += 1
         config_values["output_dir"] = f"{self.output_dir}/run_{self.runs}"
         config = self.config_class.from_dict(config_values)
         hp = self.trainer_class.Hyperparameters.from_dict(hparams) if self.trainer_class.Hyperparameters else None

@@ -56,6 +56,14 @@ KIT_ENVS = {
 }
 KIT_VERSIONS = {"driving": "v1"}  # everything else is -v0
 
+#: (observation size, action size) of the vector-observation tasks the kit's and D4RL's datasets come from
+ENV_SIZES = {"Pendulum-v1": (3, 1), "Hopper-v5": (11, 3), "HalfCheetah-v5": (17, 6), "Walker2d-v5": (17, 6)}
+
+
+def env_ids_with_sizes(obs_dim: int, action_dim: int) -> list[str]:
+    """The known tasks whose observations and actions have these sizes (for a dataset that names no env)."""
+    return [env_id for env_id, sizes in ENV_SIZES.items() if sizes == (int(obs_dim), int(action_dim))]
+
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
 
 _QUAL = "|".join(re.escape(q) for q in sorted(QUALITIES, key=len, reverse=True))

@@ -6,15 +6,13 @@ An :class:`Exercise` names a reference function from the library, a set of named
 reference, values and, for losses, gradients. The first mismatch is reported exactly: which case,
 expected against got, and, when the answer matches a known mistake, what that mistake is.
 
-Every check is also recorded: in :data:`RESULTS` for the notebook, and as one JSON line in the file
-named by ``$VLA_RL_GRADING_RESULTS`` when the grader runs the notebook.
+Every check is recorded in :data:`RESULTS` for the notebook. The grader does not read it (nor
+anything else a notebook prints or writes): it calls the student's functions on inputs drawn at
+grading time (:func:`drawn_with`) and judges their answers in its own process with :func:`judge`.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -23,7 +21,9 @@ import numpy as np
 import torch
 
 RESULTS: dict[str, "CheckResult"] = {}
-RESULTS_ENV = "VLA_RL_GRADING_RESULTS"
+#: every exercise by name (filled as the exercise modules define them; the grader looks them up here)
+EXERCISES: dict[str, "Exercise"] = {}
+_SALT = [0]  # added to every seed of a random case: 0 in notebooks, drawn at random by the grader
 
 
 @dataclass
@@ -75,6 +75,13 @@ class Exercise:
     atol: float = 1e-5
     description: str = ""
 
+    def __post_init__(self) -> None:
+        EXERCISES[self.name] = self
+
+
+class AnswerError(Exception):
+    """A student's function failed on a case in the grading worker (the text says how)."""
+
 
 def _clone(value: Any, requires_grad: bool = False) -> Any:
     if isinstance(value, torch.Tensor):
@@ -119,6 +126,8 @@ def _same(a: Any, b: Any, rtol: float, atol: float) -> tuple[bool, str]:
             xa, ya = _to_numpy(x), _to_numpy(y)
         except Exception:  # noqa: BLE001 - any unconvertible answer is simply wrong
             return False, f"returned a {type(y).__name__}, expected an array/tensor"
+        if ya.dtype.kind not in "biufc":  # objects, strings, ...
+            return False, f"returned a {getattr(y, 'type_name', type(y).__name__)}, expected an array/tensor"
         if xa.shape != ya.shape:
             return False, f"has shape {tuple(ya.shape)}, expected {tuple(xa.shape)}"
         if xa.dtype.kind in "iub" and ya.dtype.kind not in "iub":
@@ -144,30 +153,46 @@ def _call(fn: Callable, case: Case, grad_inputs: tuple[str, ...]):
 
 def check(student_fn: Callable, exercise: Exercise, verbose: bool = True) -> CheckResult:
     """Compare ``student_fn`` with the exercise's reference on every case; print and return the result."""
+    result = judge(exercise, exercise.cases(), lambda i, case: _call(student_fn, case, exercise.grad_inputs))
+    RESULTS[result.exercise] = result
+    if verbose:
+        print(result.message)
+    return result
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``raised TypeError: ... (line N: source)``: how a student's function failed, in one line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
+    return f"raised {type(exc).__name__}: {exc}{where}"
+
+
+def judge(exercise: Exercise, cases: list[Case], answer: Callable[[int, Case], tuple]) -> CheckResult:
+    """Compare ``answer(i, case) -> (outputs, gradients)`` with the reference on every case.
+
+    ``answer`` runs the student's function (in the notebook) or returns what the grading worker
+    reported (in the grader, raising :class:`AnswerError` for a recorded failure); the reference
+    always runs here, in the caller's process.
+    """
     name = exercise.name
-    cases = exercise.cases()
     passed = 0
-    result: Optional[CheckResult] = None
-    for case in cases:
+    for i, case in enumerate(cases):
         expected, expected_grads = _call(exercise.reference, case, exercise.grad_inputs)
         try:
-            got, got_grads = _call(student_fn, case, exercise.grad_inputs)
+            got, got_grads = answer(i, case)
         except NotImplementedError:
-            result = CheckResult(name, False, f"✗ {name}: not implemented yet — replace the "
-                                 "`raise NotImplementedError` with your code.", passed, len(cases), "blank")
-            break
+            return CheckResult(name, False, f"✗ {name}: not implemented yet — replace the "
+                               "`raise NotImplementedError` with your code.", passed, len(cases), "blank")
         except Exception as exc:  # noqa: BLE001 - report whatever the student's code raised
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            result = CheckResult(name, False, f"✗ {name}: case '{case.name}' raised {type(exc).__name__}: {exc} "
-                                 f"(line {where.lineno}: {where.line})", passed, len(cases), "exception")
-            break
+            text = str(exc) if isinstance(exc, AnswerError) else describe_exception(exc)
+            return CheckResult(name, False, f"✗ {name}: case '{case.name}' {text}", passed, len(cases), "exception")
         ok, reason = _same(expected, got, exercise.rtol, exercise.atol)
         if ok and exercise.grad_inputs:
             for k in exercise.grad_inputs:
-                ok, why = _same(expected_grads[k], got_grads[k], exercise.rtol, exercise.atol)
+                ok, why = _same(expected_grads[k], got_grads.get(k), exercise.rtol, exercise.atol)
                 if not ok:
                     reason = (f"gives the right value but the wrong gradient with respect to `{k}` "
-                              f"(expected {_fmt(expected_grads[k])}, got {_fmt(got_grads[k])}): "
+                              f"(expected {_fmt(expected_grads[k])}, got {_fmt(got_grads.get(k))}): "
                               "check which terms must not carry gradient (.detach())")
                     break
         if not ok:
@@ -176,18 +201,11 @@ def check(student_fn: Callable, exercise: Exercise, verbose: bool = True) -> Che
             detail = (f"\n  expected: {_fmt(_as_tuple(expected)[0])}\n  got:      {_fmt(_as_tuple(got)[0])}"
                       if "gradient" not in reason and "returned" not in reason else "")
             inputs = ", ".join(f"{k}={_fmt(v)}" for k, v in case.inputs.items())
-            result = CheckResult(name, False, f"✗ {name}: case '{case.name}': your answer {reason}.{detail}"
-                                 f"\n  inputs: {inputs}{hint}", passed, len(cases),
-                                 mistake.name if mistake else "wrong")
-            break
+            return CheckResult(name, False, f"✗ {name}: case '{case.name}': your answer {reason}.{detail}"
+                               f"\n  inputs: {inputs}{hint}", passed, len(cases), mistake.name if mistake else "wrong")
         passed += 1
-    if result is None:
-        result = CheckResult(name, True, f"✓ {name}: all {len(cases)} cases pass (random and edge cases). Well done!",
-                             passed, len(cases))
-    _record(result)
-    if verbose:
-        print(result.message)
-    return result
+    return CheckResult(name, True, f"✓ {name}: all {len(cases)} cases pass (random and edge cases). Well done!",
+                       passed, len(cases))
 
 
 def _diagnose(exercise: Exercise, case: Case, got: Any, got_grads: dict) -> Optional[Mistake]:
@@ -203,15 +221,6 @@ def _diagnose(exercise: Exercise, case: Case, got: Any, got_grads: dict) -> Opti
     return None
 
 
-def _record(result: CheckResult) -> None:
-    RESULTS[result.exercise] = result
-    path = os.environ.get(RESULTS_ENV)
-    if path:
-        with open(path, "a") as fh:
-            fh.write(json.dumps({"exercise": result.exercise, "passed": result.passed, "message": result.message,
-                                 "mistake": result.mistake, "time": time.time()}) + "\n")
-
-
 @contextlib.contextmanager
 def patched(module, name: str, fn: Callable):
     """Use a student's function inside the library for a training run, then restore the original."""
@@ -223,6 +232,21 @@ def patched(module, name: str, fn: Callable):
         setattr(module, name, original)
 
 
+@contextlib.contextmanager
+def drawn_with(salt: int):
+    """Draw every random case with its seeds shifted by ``salt`` (the grader's secret, drawn at grading time)."""
+    previous, _SALT[0] = _SALT[0], int(salt)
+    try:
+        yield
+    finally:
+        _SALT[0] = previous
+
+
 def random_tensor(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + _SALT[0])
     return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+
+def random_generator(seed: int) -> np.random.Generator:
+    """numpy's generator for a random case (shifted by the grader's salt like :func:`random_tensor`)."""
+    return np.random.default_rng(seed + _SALT[0])

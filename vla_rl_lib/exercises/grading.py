@@ -8,30 +8,51 @@ Instructor notebooks mark solutions in the nbgrader style::
         ### END SOLUTION
 
 ``release`` replaces each marked region with ``raise NotImplementedError(...)`` at the same
-indentation and clears outputs. ``grade`` executes every ``SUBMISSIONS/<student>/<assignment>.ipynb``
-with papermill in its own process under a time limit (each cell and the whole notebook), lets
-execution continue past failing cells, and reads the checks each notebook recorded (one JSON line
-per ``check_<name>`` call, see ``vla_rl_lib.exercises.core``). An exercise scores its points only
-when its check ran and passed; a crash, a timeout or a deleted cell costs only the parts it touches.
+indentation and clears outputs.
+
+``grade`` grades every ``SUBMISSIONS/<student>/<assignment>.ipynb`` without trusting it:
+
+1. The grader draws the test inputs now, at random (a secret salt shifts every random case's
+   seed), so no answer can be prepared in advance.
+2. The submission's folder is copied to a fresh temporary folder, and the grading worker
+   (:mod:`vla_rl_lib.exercises.worker`) runs there in a bubblewrap sandbox
+   (:mod:`vla_rl_lib.exercises.sandbox`): no network, no view of other submissions, the solutions
+   or the grades, CPU-time, memory and wall-clock limits. It executes the notebook's cells, then
+   calls the student's functions (named by the assignment's ``check_<name>(fn)`` calls) on the
+   inputs and writes back their raw outputs.
+3. The sandbox and every process in it are killed; then the grader, in its own process, compares
+   those outputs with the reference (:func:`vla_rl_lib.exercises.core.judge`). Nothing the
+   submission prints, records or writes can raise its score: a forged answer is only a right
+   answer if it is the right value on inputs drawn after the submission was made.
+4. ``grades.csv`` is written atomically once every submission is graded.
+
+An exercise scores its point when its function gives the reference's values (and gradients) on
+every case; a crashing cell, a timeout or a deleted check cell costs only the parts it touches.
+Where the sandbox cannot be set up, ``grade`` refuses unless ``trust_submissions=True`` (then the
+submission runs with the grader's rights, only under limits, and only its process group is killed).
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import re
-import signal
-import subprocess
+import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
+from vla_rl_lib.checkpoint import atomic_write, check_writable_dir
 from vla_rl_lib.errors import ConfigError, optional_import
+from vla_rl_lib.exercises import answers as wire
+from vla_rl_lib.exercises import sandbox
+from vla_rl_lib.exercises.core import EXERCISES, AnswerError, Case, CheckResult, drawn_with, judge
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = 'raise NotImplementedError("Your code here: replace this line.")'
-CHECK_CALL = re.compile(r"\bcheck_([a-z0-9_]+)\s*\(")
+CHECK_CALL = re.compile(r"\bcheck_([a-z0-9_]+)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)?")
 
 
 def strip_solutions(source: str) -> str:
@@ -60,10 +81,20 @@ def exercises_of(notebook) -> list[str]:
     names: list[str] = []
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            for name in CHECK_CALL.findall(cell.source):
+            for name, _ in CHECK_CALL.findall(cell.source):
                 if name not in names:
                     names.append(name)
     return names
+
+
+def functions_of(notebook) -> dict[str, str]:
+    """Exercise name -> the function the notebook checks for it (``check_k3_kl(k3_kl)`` -> ``k3_kl``)."""
+    found: dict[str, str] = {}
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            for name, fn in CHECK_CALL.findall(cell.source):
+                found.setdefault(name, fn or name)
+    return found
 
 
 def _assignments(source: str | Path) -> list[Path]:
@@ -93,95 +124,163 @@ def release(source: str | Path, output: str | Path) -> list[Path]:
     return written
 
 
-def execute_submission(notebook: str | Path, output: str | Path, results: str | Path, cell_timeout: int,
-                       parameters: Optional[dict] = None) -> Optional[str]:
-    """Run one notebook with papermill, continuing past errors; return the first error, if any."""
-    papermill = optional_import("papermill", "notebooks", "Grading assignments")
-    os.environ["VLA_RL_GRADING_RESULTS"] = str(results)
-    try:
-        papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {}, kernel_name="python3",
-                                   progress_bar=False, execution_timeout=cell_timeout, allow_errors=True,
-                                   interrupt_on_timeout=True, cwd=str(Path(notebook).parent))
-    except papermill.PapermillExecutionError as exc:
-        return f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"[:300]
-    return None
-
-
 def grade(submissions: str | Path, output: str | Path = "grades.csv", timeout: int = 600,
-          source: str | Path = "notebooks/assignments", parameters: Optional[dict] = None) -> Path:
+          source: str | Path = "notebooks/assignments", parameters: Optional[dict] = None,
+          trust_submissions: bool = False, cell_timeout: Optional[int] = None, memory_mb: int = 8192,
+          disk_mb: int = 1024) -> Path:
     """Grade ``submissions/<student>/<assignment>.ipynb`` against the assignments in ``source``.
 
-    Writes a CSV with one row per student and assignment: points per exercise, total, maximum and
-    the first error (missing notebook, failing cell, timeout). Returns the CSV path.
+    Writes a CSV with one row per student and assignment: points per exercise, total, maximum, the
+    first error (missing notebook, failing cell, timeout) and the feedback of each failed exercise.
+    ``timeout`` is the wall-clock limit of one notebook (its CPU-time limit is twice that);
+    ``cell_timeout`` limits one cell and one call of a student's function (default: a quarter of
+    ``timeout``, at least 10 s); ``memory_mb`` its address space, ``disk_mb`` each of the sandbox's
+    two writable in-memory folders. Returns the CSV path.
     """
     nbformat = optional_import("nbformat", "notebooks", "Grading assignments")
-    submissions = Path(submissions)
+    submissions, output, source = Path(submissions), Path(output), Path(source)
     if not submissions.is_dir():
         raise ConfigError(f"submissions folder {submissions} does not exist; expected <folder>/<student>/<assignment>.ipynb")
-    assignments = {p.stem: exercises_of(nbformat.read(p, as_version=4)) for p in _assignments(source)}
-    students = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a folder; give the path of the CSV file to write")
+    check_writable_dir(output.parent, "--output")
+    assignments = {p.stem: functions_of(nbformat.read(p, as_version=4)) for p in _assignments(source)}
+    for assignment, functions in assignments.items():
+        unknown = [name for name in functions if name not in EXERCISES]
+        if unknown:
+            raise ConfigError(f"assignment {assignment!r} checks {', '.join(unknown)}, which the kit has no "
+                              f"exercise for; known: {', '.join(sorted(EXERCISES))}")
+    reason = sandbox.unavailable_reason((submissions, source, output.parent))
+    if reason and not trust_submissions:
+        raise ConfigError(f"cannot grade untrusted submissions: {reason}. Fix that, or pass --trust-submissions "
+                          "to run them with your own rights (only if you trust every submission)")
+    if reason:
+        print(f"warning: grading WITHOUT a sandbox ({reason}); submissions run with your rights", file=sys.stderr)
+    cell_timeout = cell_timeout or max(10, timeout // 4)
+    limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=2 * timeout, memory_mb=memory_mb, disk_mb=disk_mb)
     params = {"smoke": True, **(parameters or {})}
     columns = [name for names in assignments.values() for name in names]
+    students = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
     rows = []
-    work = Path(tempfile.mkdtemp(prefix="vla_rl_grading_"))
     for student in students:
-        for assignment, exercises in assignments.items():
-            row = {"student": student.name, "assignment": assignment, "max": len(exercises), "error": ""}
+        for assignment, functions in assignments.items():
+            row = {"student": student.name, "assignment": assignment, "max": len(functions), "error": ""}
             notebook = student / f"{assignment}.ipynb"
-            passed: dict[str, bool] = {}
-            if not notebook.exists():
-                row["error"] = f"missing {notebook.name}"
+            if student.is_symlink():
+                row["error"], results = "the student's folder is a symbolic link: not graded", {}
+            elif not (notebook.is_file() and not notebook.is_symlink()):
+                row["error"], results = f"missing {notebook.name}", {}
             else:
-                results = work / f"{student.name}__{assignment}.jsonl"
-                executed = work / f"{student.name}__{assignment}.ipynb"
-                row["error"] = _run_isolated(notebook, executed, results, timeout, params)
-                passed = _read_results(results)
-            for name in exercises:
-                row[name] = 1 if passed.get(name) else 0
-            row["total"] = sum(row[name] for name in exercises)
+                row["error"], results = grade_one(student, notebook.name, functions, params, limits, cell_timeout,
+                                                  sandboxed=reason is None)
+            for name in functions:
+                row[name] = 1 if name in results and results[name].passed else 0
+            row["total"] = sum(row[name] for name in functions)
+            row["feedback"] = " | ".join(r.message.replace("\n", " ") for r in results.values() if not r.passed)
             rows.append(row)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["student", "assignment", *columns, "total", "max", "error"], restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    return output
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["student", "assignment", *columns, "total", "max", "error", "feedback"],
+                            restval="")
+    writer.writeheader()
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+    return atomic_write(output, lambda tmp: Path(tmp).write_text(text.getvalue()))
 
 
-def _run_isolated(notebook: Path, executed: Path, results: Path, timeout: int, params: dict) -> str:
-    """Execute in a child process with a hard wall-clock limit, so nothing a submission does stops grading."""
-    results.unlink(missing_ok=True)
-    cell_timeout = max(10, timeout // 2)
-    cmd = [sys.executable, "-m", "vla_rl_lib.exercises.grading", str(notebook), str(executed), str(results),
-           str(cell_timeout), json.dumps(params)]
-    # a new session, so that on timeout the kernel the child started is killed with it
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def grade_one(folder: Path, notebook: str, functions: dict[str, str], params: dict, limits: "sandbox.Limits",
+              cell_timeout: int, sandboxed: bool) -> tuple[str, dict[str, CheckResult]]:
+    """Run one notebook in a fresh copy of its folder and judge its functions; (first error, results)."""
+    with drawn_with(secrets.randbelow(2**31)):
+        cases = {name: EXERCISES[name].cases() for name in functions}
+    scratch = Path(tempfile.mkdtemp(prefix="vla_rl_grading_"))
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return f"timed out after {timeout} s"
-    if proc.returncode != 0:
-        tail = (stderr or stdout).strip().splitlines()
-        return f"grader process failed: {tail[-1] if tail else proc.returncode}"[:300]
-    return stdout.strip().splitlines()[-1] if stdout.strip() else ""
+        work, job_path = scratch / "submission", scratch / "job.json"
+        try:  # links are copied as links (they lead nowhere inside); pipes and devices are not copied
+            shutil.copytree(folder, work, symlinks=True, ignore=_special_files)
+        except (shutil.Error, OSError):
+            pass  # whatever could be copied is graded; the notebook itself is a plain file
+        work.mkdir(exist_ok=True)
+        inside = Path("/submission") if sandboxed else work
+        job = {"notebook": str(inside / notebook), "copy_from": "/original" if sandboxed else None,
+               "parameters": params, "cell_timeout": cell_timeout, "call_timeout": cell_timeout,
+               "exercises": {name: {"function": fn, "grad_inputs": list(EXERCISES[name].grad_inputs),
+                                    "cases": [{"name": c.name, "inputs": wire.pack(c.inputs)} for c in cases[name]]}
+                             for name, fn in functions.items()}}
+        job_path.write_text(json.dumps(job))
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
+               "LANG": "C.UTF-8", "VLA_RL_SMOKE": "1" if params.get("smoke") else "0"}
+        job_arg = "/grading/job.json" if sandboxed else str(job_path)
+        outcome = sandbox.run([sys.executable, "-m", "vla_rl_lib.exercises.worker", job_arg], work, job_path, env,
+                              limits, sandboxed, answers_cap=wire.MAX_BYTES)
+        # every process of the submission is gone now; only then is what it sent read
+        try:
+            report = wire.parse(outcome.answers, outcome.overflow)
+            error = str(report.get("error", ""))[:300] if isinstance(report, dict) else ""
+            exercises = report.get("exercises") if isinstance(report, dict) else None
+        except ValueError as exc:
+            last = outcome.log_tail.strip().splitlines()[-1:] if outcome.problem else []
+            error = f"{outcome.problem or exc}" + (f" (last output: {last[0][:160]})" if last else "")
+            exercises = None
+        exercises = exercises if isinstance(exercises, dict) else {}
+        results = {name: _judge(name, cases[name], exercises.get(name)) for name in functions}
+        return (error if exercises == {} and error else outcome.problem or error or ""), results
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _read_results(path: Path) -> dict[str, bool]:
-    passed: dict[str, bool] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            passed[record["exercise"]] = bool(record.get("passed"))  # the last check of an exercise counts
-    return passed
+def _special_files(folder: str, names: list[str]) -> list[str]:
+    """What ``copytree`` must skip: pipes, sockets and devices (reading a pipe would block the grader)."""
+    import stat
+
+    skip = []
+    for name in names:
+        try:
+            mode = Path(folder, name).lstat().st_mode
+        except OSError:
+            skip.append(name)
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            skip.append(name)
+    return skip
 
 
-if __name__ == "__main__":  # the child process of _run_isolated
-    nb, out, res, cell_timeout, params = sys.argv[1:6]
-    error = execute_submission(nb, out, res, int(cell_timeout), json.loads(params))
-    print(error or "")
+def _judge(name: str, cases: list[Case], reported) -> CheckResult:
+    """Judge what the worker reported; whatever it holds, the grader itself never fails on it."""
+    try:
+        return _judge_answers(name, cases, reported)
+    except Exception as exc:  # noqa: BLE001 - a malformed report is a wrong answer, not a crash
+        return CheckResult(name, False, f"✗ {name}: unreadable answer ({type(exc).__name__})", 0, len(cases),
+                           "missing")
+
+
+def _judge_answers(name: str, cases: list[Case], reported) -> CheckResult:
+    exercise = EXERCISES[name]
+    if not isinstance(reported, dict):
+        return CheckResult(name, False, f"✗ {name}: no answer (the notebook did not finish)", 0, len(cases), "missing")
+    if "missing" in reported or not isinstance(reported.get("answers"), list) or len(reported["answers"]) != len(cases):
+        why = str(reported.get("missing", "no answers"))[:200]
+        return CheckResult(name, False, f"✗ {name}: {why}", 0, len(cases), "missing")
+
+    def answer(i: int, case: Case):
+        got = reported["answers"][i]
+        if not isinstance(got, dict):
+            raise AnswerError("gave no answer")
+        if got.get("blank"):
+            raise NotImplementedError
+        if "error" in got:
+            raise AnswerError(str(got["error"])[:400])
+        try:
+            out, grads = wire.unpack(got.get("out")), wire.unpack(got.get("grads"))
+        except ValueError as exc:
+            raise AnswerError(f"gave an unreadable answer ({exc})") from None
+        if not isinstance(out, list) or not isinstance(grads, dict):
+            raise AnswerError("gave an unreadable answer")
+        return tuple(out), grads
+
+    return judge(exercise, cases, answer)
+
+
+def _cell(value):
+    """A CSV cell that a spreadsheet will not run as a formula."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vla_rl_lib.exercises.core import Case, Exercise, Mistake, check, random_tensor
+from vla_rl_lib.exercises.core import Case, Exercise, Mistake, check, random_generator, random_tensor
 
 
 # -- expectile loss ---------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ RTG = Exercise(
     reference=_rtg_ref,
     cases=lambda: [
         Case("simple", dict(rewards=np.array([1.0, 2.0, 3.0], dtype=np.float32))),
-        Case("random episode", dict(rewards=np.random.default_rng(40).normal(size=50).astype(np.float32))),
+        Case("random episode", dict(rewards=random_generator(40).normal(size=50).astype(np.float32))),
         Case("single step", dict(rewards=np.array([5.0], dtype=np.float32))),
         Case("zeros then reward", dict(rewards=np.array([0, 0, 0, 1], dtype=np.float32))),
     ],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_rl_lib.exercises.core import Case, Exercise, Mistake, check
+from vla_rl_lib.exercises.core import Case, Exercise, Mistake, check, random_generator
 
 
 def _tok_ref(actions, bins=256):
@@ -22,7 +22,7 @@ TOKENIZE = Exercise(
     name="tokenize_actions",
     reference=_tok_ref,
     cases=lambda: [
-        Case("random actions", dict(actions=np.random.default_rng(100).uniform(-1, 1, size=(16, 2)))),
+        Case("random actions", dict(actions=random_generator(100).uniform(-1, 1, size=(16, 2)))),
         Case("the bounds -1 and +1", dict(actions=np.array([[-1.0, 1.0], [0.0, 0.999]]))),
         Case("outside the range is clipped", dict(actions=np.array([[-3.0, 2.5]]))),
         Case("8 bins", dict(actions=np.linspace(-1, 1, 9)[:, None], bins=8)),
@@ -41,7 +41,7 @@ DETOKENIZE = Exercise(
     name="detokenize_actions",
     reference=_detok_ref,
     cases=lambda: [
-        Case("random tokens", dict(tokens=np.random.default_rng(101).integers(0, 256, size=(16, 2)))),
+        Case("random tokens", dict(tokens=random_generator(101).integers(0, 256, size=(16, 2)))),
         Case("first and last bins", dict(tokens=np.array([[0, 255]]))),
         Case("8 bins", dict(tokens=np.arange(8)[:, None], bins=8)),
     ],
