@@ -314,7 +314,9 @@ class Trainer:
 
     def load(self, path: str | Path) -> "Trainer":
         """Restore everything :meth:`save` wrote; ``global_step`` continues from the checkpoint."""
-        state = load_checkpoint(path, map_location=self.device)
+        # read onto the CPU whatever device wrote it: load_state_dict copies onto this trainer's device
+        # (a checkpoint from a GPU loads on a CPU-only machine and the other way round)
+        state = load_checkpoint(path, map_location="cpu")
         meta = state.get("meta", {})
         if meta.get("algorithm") != self.algorithm:
             raise CheckpointError(f"{path} holds a {meta.get('algorithm')!r} checkpoint, not {self.algorithm!r}; "
@@ -328,7 +330,7 @@ class Trainer:
             saved = state["objects"][name]
             try:
                 if isinstance(obj, torch.Generator):
-                    obj.set_state(saved.cpu() if obj.device.type == "cpu" else saved)
+                    load_generator_state(obj, saved, self.config.seed + self.global_step)
                 elif isinstance(obj, np.random.Generator):
                     obj.bit_generator.state = saved
                 else:
@@ -424,6 +426,17 @@ class Trainer:
         return freq > 0 and now // freq > prev // freq
 
 
+def load_generator_state(generator: torch.Generator, saved: torch.Tensor, fallback_seed: int) -> None:
+    """Restore a generator's state. A state written by a generator of another device type (a
+    checkpoint from a GPU read on a CPU machine, or the other way round) cannot be carried over:
+    the generator is then seeded with ``fallback_seed`` instead, so the resumed run stays deterministic."""
+    saved = saved.cpu()
+    try:
+        generator.set_state(saved)
+    except (RuntimeError, ValueError):
+        generator.manual_seed(int(fallback_seed))
+
+
 def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` computes bfloat16 matmuls natively (and so faster than float32)."""
     if device_type == "cuda":
@@ -487,7 +500,8 @@ class OfflineTrainer(Trainer):
 
     # -- dataset statistics shared by the offline algorithms ------------------------------------
     def observation_statistics(self, buffer, eps: float = 1e-3, chunk: int = 65_536):
-        """Mean and ``std + eps`` (as CORL) of the raw observations of the buffer's transitions."""
+        """Mean and ``std + eps`` (as CORL) of the raw observations of the buffer's transitions
+        (float32 tensors on the buffer's device: no host copy)."""
         if getattr(buffer, "normalize_states", False):  # it normalised them with these statistics
             return np.asarray(buffer.obs_mean, np.float32), np.asarray(buffer.obs_std, np.float32)
         n = len(buffer)
@@ -499,7 +513,7 @@ class OfflineTrainer(Trainer):
             total_sq = sq if total_sq is None else total_sq + sq
         mean = total / n
         std = (total_sq / n - mean * mean).clamp_min(0.0).sqrt() + eps
-        return mean.float().cpu().numpy(), std.float().cpu().numpy()
+        return mean.float(), std.float()
 
     def action_bounds(self, buffer):
         """The evaluation environment's action bounds when it is known, else the dataset's
@@ -521,7 +535,7 @@ class OfflineTrainer(Trainer):
         for start in range(0, n, 65_536):
             idx = torch.arange(start, min(n, start + 65_536), device=buffer.device)
             amax = torch.maximum(amax, buffer.get(idx)["actions"].abs().amax(0))
-        bound = np.maximum(amax.cpu().numpy(), 1.0).astype(np.float32)
+        bound = amax.clamp_min(1.0).float()
         return -bound, bound
 
     def fit_policy_to_dataset(self, policy, buffer, normalize: bool) -> bool:
