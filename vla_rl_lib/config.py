@@ -131,6 +131,8 @@ class ConfigBase:
         owner = type(self).__name__
         for f in dataclasses.fields(self):
             value = _coerce(owner, f.name, getattr(self, f.name), f.type, f.default)
+            if f.name == "device":
+                value = normalize_device(owner, value)
             object.__setattr__(self, f.name, value)
             check_field(owner, f.name, value, dict(f.metadata))
 
@@ -237,7 +239,15 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
-_DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps")
+_DEVICES = ("auto", "cpu", "cuda", *(f"cuda:{i}" for i in range(8)), "mps")
+
+
+def normalize_device(owner: str, value: Any) -> Any:
+    """A device given as a ``torch.device`` as the string the config keeps (configs are saved as
+    YAML): ``torch.device("cuda", 0)`` -> ``"cuda:0"``. The field's choices then check the name."""
+    if type(value).__name__ == "device" and type(value).__module__ == "torch":
+        return str(value)
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 @dataclass

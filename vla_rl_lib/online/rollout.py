@@ -1,9 +1,13 @@
 """Shared machinery of the on-policy methods (PPO, GRPO): observations, rollouts, GAE, normalisers.
 
-* ``stack_obs`` / ``concat_obs`` / ``index_obs`` / ``slice_obs`` / ``obs_to_tensor``: observations are numpy arrays or
-  dicts (the driving simulator's ``{"image", "instruction", "state"}``) whose string entries stay
-  lists of strings; the policy receives batched tensors (and lists of strings) and batches them its
-  own way.
+* ``stack_obs`` / ``concat_obs`` / ``index_obs`` / ``slice_obs`` / ``obs_to_tensor``: observations are numpy arrays,
+  tensors or dicts of them (the driving simulator's ``{"image", "instruction", "state"}``) whose string
+  entries stay lists of strings (or :class:`~vla_rl_lib.envs.text.IndexedText`, indices into a few
+  texts, which stay on the device); the policy receives batched tensors (and texts) and batches
+  them its own way.
+* An env that returns torch tensors (``holds_tensors``) keeps the whole rollout on its device:
+  it is stepped with tensors, and rewards, flags, episode statistics (``EpisodeStats``) and the
+  running normalisers never go through numpy.
 * ``RolloutBuffer``: one PPO rollout of ``rollout_steps x num_envs`` transitions, with the masks
   that gymnasium 1.x autoreset needs.
 * ``compute_gae``: generalised advantage estimation that bootstraps on truncation, not on termination.
@@ -33,6 +37,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
+from vla_rl_lib.envs.text import IndexedText
 from vla_rl_lib.errors import IncompatibleError, MissingDependencyError
 from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, DistributionPolicy, GaussianPolicy, Policy, adam
 
@@ -66,6 +71,8 @@ def concat_obs(batches: Sequence[Obs]) -> Obs:
     first = batches[0]
     if isinstance(first, dict):
         return {k: concat_obs([b[k] for b in batches]) for k in first}
+    if isinstance(first, IndexedText):
+        return IndexedText.concat(batches)
     if _is_text(first):
         return [str(s) for b in batches for s in b]
     if isinstance(first, torch.Tensor):
@@ -127,6 +134,8 @@ def obs_to_tensor(obs: Obs, device) -> Obs:
         return torch.as_tensor(obs, device=device)
     if isinstance(obs, dict):
         return {k: obs_to_tensor(v, device) for k, v in obs.items()}
+    if isinstance(obs, IndexedText):  # instructions as indices: moved with the tensors
+        return obs.to(device)
     if _is_text(obs):
         return [str(s) for s in (obs if not isinstance(obs, str) else [obs])]
     if isinstance(obs, torch.Tensor):
@@ -141,6 +150,8 @@ def same_obs(a: Obs, b: Obs) -> bool:
     """Whether two observations are equal (used to check that ``reset(seed=s)`` is reproducible)."""
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same_obs(a[k], b[k]) for k in a)
+    if isinstance(a, IndexedText) or isinstance(b, IndexedText):
+        return list(a) == list(b)
     if _is_text(a):
         return list(np.atleast_1d(a)) == list(np.atleast_1d(b))
     return np.array_equal(np.asarray(a), np.asarray(b))
