@@ -240,6 +240,7 @@ def resolve_device(device: str) -> str:
 
 
 _DEVICES = ("auto", "cpu", "cuda", *(f"cuda:{i}" for i in range(8)), "mps")
+_COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 def normalize_device(owner: str, value: Any) -> Any:
@@ -288,6 +289,10 @@ class OfflineRLConfig(ConfigBase):
                                 "float32 weights and output layers; about 2x faster where the hardware has "
                                 "native bf16: recent x86 CPUs with AVX512-BF16/AMX, Ampere+ GPUs)",
                         choices=("fp32", "bf16"))
+    compile: bool = hp(False, "compile the whole update with torch.compile (vla_rl_lib/compile.py): slower "
+                              "first steps, faster long runs, most on a GPU")
+    compile_mode: str = hp("auto", "torch.compile mode of compile=True ('auto': CUDA graphs on CUDA)",
+                           choices=_COMPILE_MODES)
     # Output
     output_dir: str = hp("./output/offline_rl", "run directory")
 
@@ -352,6 +357,9 @@ class RLConfig(ConfigBase):
     model_path: Optional[str] = hp(None, "start from a saved VLA (directory written by save_pretrained)", nullable=True)
     seed: int = hp(0, "random seed", low=0)
     device: str = hp("auto", "torch device ('auto' picks CUDA when present)", choices=_DEVICES)
+    compile: bool = hp(False, "SAC: compile the whole update with torch.compile (vla_rl_lib/compile.py)")
+    compile_mode: str = hp("auto", "torch.compile mode of compile=True ('auto': CUDA graphs on CUDA)",
+                           choices=_COMPILE_MODES)
     # Output
     output_dir: str = hp("./output/online_rl", "run directory")
 

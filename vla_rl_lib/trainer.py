@@ -132,6 +132,14 @@ class Trainer:
         """Called after each evaluation step with the reward the last ``predict`` action earned
         (sequence models such as the Decision Transformer decrement their return-to-go here)."""
 
+    def update_function(self):
+        """``self.update``, compiled once per trainer when ``config.compile`` is set (see vla_rl_lib/compile.py)."""
+        if getattr(self, "_update_fn", None) is None:
+            from vla_rl_lib.compile import compile_trainer_update
+
+            self._update_fn = compile_trainer_update(self)
+        return self._update_fn
+
     # ------------------------------------------------------------------------------------------
     # metrics, logging, evaluation
     # ------------------------------------------------------------------------------------------
@@ -584,13 +592,14 @@ class OfflineTrainer(Trainer):
         cfg = self.config
         device = self.device
         precision = self.autocast()
+        update = self.update_function()
 
         def step():
             batch = self.buffer.sample(cfg.batch_size, generator=self.sample_generator)
-            if self.buffer.device != device:
+            if self.buffer.device != device:  # (a buffer on the CPU feeds a trainer on the GPU)
                 batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with precision:
-                metrics = self.update(batch)
+                metrics = update(batch)
             self._accumulate(metrics)
             self.global_step += 1
 

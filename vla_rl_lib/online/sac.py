@@ -321,10 +321,10 @@ class SACTrainer(OnlineTrainer):
         """``gradient_steps`` updates once more than ``learning_starts`` env steps were taken."""
         if self.global_step <= self.config.learning_starts or self.replay_buffer.size < self._min_rows:
             return {}
-        metrics = None
+        metrics, update = None, self.update_function()
         for _ in range(self.config.gradient_steps):
             batch = self.replay_buffer.sample(self.config.batch_size, generator=self.sample_generator)
-            metrics = self.update(batch)
+            metrics = update(batch)
         return metrics
 
     def update(self, batch: dict) -> dict:
