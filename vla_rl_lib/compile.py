@@ -18,9 +18,9 @@ behaviour cloning) or ``RLConfig(compile=True)`` (SAC's update); on the command 
 The algorithm files do not change: :func:`compiled_update` wraps their ``update(batch)``. What
 makes an update compile well is done here once:
 
-* learning rates become 0-dim tensors (:func:`tensor_learning_rates`), so a learning-rate schedule
+* learning rates become 0-dim tensors (:func:`prepare_optimizers`), so a learning-rate schedule
   updates them in place instead of changing a Python float the compiled graph would specialise on
-  (which would recompile it every step);
+  (which would recompile it every step), and ``zero_grad`` becomes traceable Python;
 * each call starts a new CUDA-graph step (``torch.compiler.cudagraph_mark_step_begin``): the
   metrics one update returns are read (summed) by the trainer before the next one overwrites them.
 
@@ -44,10 +44,20 @@ def resolve_mode(mode: str, device: torch.device) -> str:
     return mode
 
 
-def tensor_learning_rates(*optimizers: torch.optim.Optimizer) -> None:
-    """Hold every learning rate as a 0-dim float32 tensor on its parameters' device (schedulers
-    then update it in place; a compiled optimiser step reads it without recompiling)."""
+def _zero_grad(optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
+    """``optimizer.zero_grad(set_to_none=True)`` in plain Python that torch.compile traces (the
+    library's own ``zero_grad`` is marked untraceable and would split the compiled update)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+
+
+def prepare_optimizers(*optimizers: torch.optim.Optimizer) -> None:
+    """Make optimisers compile well: every learning rate a 0-dim float32 tensor on its parameters'
+    device (schedulers then update it in place; a compiled step reads it without recompiling), and
+    a traceable ``zero_grad``."""
     for opt in optimizers:
+        opt.zero_grad = functools.partial(_zero_grad, opt)
         for group in opt.param_groups:
             if not isinstance(group["lr"], torch.Tensor):
                 device = group["params"][0].device if group["params"] else "cpu"
@@ -79,5 +89,5 @@ def compile_trainer_update(trainer) -> Callable:
     cfg = trainer.config
     if not getattr(cfg, "compile", False):
         return trainer.update
-    tensor_learning_rates(*optimizers_of(trainer))
+    prepare_optimizers(*optimizers_of(trainer))
     return compiled_update(trainer.update, trainer.device, getattr(cfg, "compile_mode", "auto"))
