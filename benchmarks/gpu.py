@@ -390,7 +390,8 @@ def section_offline(args, device):
                 add("offline", f"{name} compiled ({args.compile_mode})", f"{fmt(speed)} steps/s", target=target,
                     note=f"{vs}; compile + {args.compile_warmup} warm-up steps {warm:.0f}s")
 
-            run(args, "offline", f"{name} compiled", compiled)
+            # (compiling takes tens of seconds: keep enough time for the VLA recipe after it)
+            run(args, "offline", f"{name} compiled", compiled, reserve=args.vla_reserve if "vla" in args.sections else 0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -443,10 +444,12 @@ def section_vla(args, device):
 
 
 # ---------------------------------------------------------------------------------------------------------
-def run(args, section, what, fn) -> None:
-    """Run one measurement; a failure becomes a FAILED row, a late start a skipped one."""
-    if time.time() > args.deadline:
-        add(section, what, "skipped", note="--time_limit reached", status="skipped")
+def run(args, section, what, fn, reserve: float = 0.0) -> None:
+    """Run one measurement; a failure becomes a FAILED row, a late start (less than ``reserve``
+    seconds before the deadline) a skipped one."""
+    if time.time() > args.deadline - reserve:
+        add(section, what, "skipped", note="--time_limit reached" + (" (time kept for the later sections)"
+                                                                     if reserve else ""), status="skipped")
         return
     try:
         fn()
@@ -478,6 +481,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile_warmup", type=int, default=30, help="update calls before timing a compiled update")
     p.add_argument("--vla_budget", type=float, default=120.0, help="seconds of PPO in the VLA recipe (at most what "
                    "--time_limit leaves, less 50 s for the evaluation)")
+    p.add_argument("--vla_reserve", type=float, default=150.0,
+                   help="seconds before --time_limit after which no compiled row starts (kept for the VLA recipe)")
     p.add_argument("--demo_size", type=int, default=5000)
     p.add_argument("--bc_steps", type=int, default=1500)
     p.add_argument("--episodes", type=int, default=20, help="held-out episodes per instruction")
@@ -490,6 +495,7 @@ def main(argv=None) -> int:
         args.compile_algos = "td3_bc" if args.compile_algos == p.get_default("compile_algos") else args.compile_algos
         args.compile_warmup = min(args.compile_warmup, 5)
         args.vla_budget = min(args.vla_budget, 10.0)
+        args.vla_reserve = min(args.vla_reserve, 20.0)
     device = torch.device(args.device)
     if args.smoke:
         torch.set_num_threads(1)

@@ -36,6 +36,7 @@ import functools
 from typing import Callable
 
 import torch
+import torch._functorch.config as functorch_config
 
 def resolve_mode(mode: str, device: torch.device) -> str:
     """The ``torch.compile`` mode for ``mode`` on ``device`` (``"auto"``: CUDA graphs on CUDA)."""
@@ -73,9 +74,32 @@ def compiled_update(update: Callable, device, mode: str = "auto") -> Callable:
     def step(batch: dict) -> dict:
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return compiled(batch)
+        with _retained_graphs(), functorch_config.patch(donated_buffer=False):  # (donated buffers forbid retain_graph)
+            return compiled(batch)
 
     return step
+
+
+_backward = torch.Tensor.backward
+
+
+def _backward_retaining(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+    return _backward(self, gradient, True if retain_graph is None else retain_graph, create_graph, inputs)
+
+
+class _retained_graphs:
+    """``loss.backward()`` keeps the graph inside a compiled update. Compilation merges the
+    forward work between two backward calls into one autograd node: SAC's and CQL's temperature
+    loss and actor loss both read the one sampled action, so the temperature's ``backward`` would
+    free what the actor's ``backward`` still needs (eager torch keeps them in separate graphs).
+    Keeping the graph changes no gradient: the second pass adds only zeros to what the first
+    one's optimiser has already stepped."""
+
+    def __enter__(self):
+        torch.Tensor.backward = _backward_retaining
+
+    def __exit__(self, *exc):
+        torch.Tensor.backward = _backward
 
 
 def optimizers_of(trainer) -> list:

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, RLConfig, hp
-from vla_rl_lib.errors import IncompatibleError
+from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import QEnsemble, TanhGaussianPolicy, adam, soft_update
 from vla_rl_lib.online.replay import ReplayBuffer
 from vla_rl_lib.trainer import OnlineTrainer
@@ -187,6 +187,10 @@ class SACTrainer(OnlineTrainer):
 
         # -- temperature -------------------------------------------------------------------------
         self.auto_alpha = cfg.alpha == "auto"
+        if self.auto_alpha and cfg.compile:
+            raise ConfigError("RLConfig(compile=True) with alpha='auto' is not supported: compiled, the temperature's "
+                              "and the actor's backward passes share one graph and the losses drift from the eager "
+                              "update's; use a fixed alpha (e.g. alpha=0.2) with compile=True, or compile=False")
         if self.auto_alpha:
             self.target_entropy = float(-act_dim if self.hparams.target_entropy is None else self.hparams.target_entropy)
             self.log_alpha = torch.tensor(float(np.log(self.hparams.initial_alpha)), device=self.device,
