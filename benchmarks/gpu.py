@@ -254,12 +254,16 @@ def ppo_config(args, n: int, out: str, **kw) -> RLConfig:
 
 
 def section_ppo_vla(args, device):
+    for n in args.ppo_envs_list:
+        run(args, "ppo_vla", f"{n} envs", lambda n=n: ppo_vla_speed(args, device, n))
+
+
+def ppo_vla_speed(args, device, n: int):
     from vla_rl_lib.envs.batched import BatchedDrivingEnv
     from vla_rl_lib.online.ppo import PPOTrainer
     from vla_rl_lib.vla.model import VLAModel
     from vla_rl_lib.vla.policy import VLAPolicy
 
-    n = args.ppo_envs
     envs = BatchedDrivingEnv(n, image_size=32, device=str(device), backend="torch", return_tensors="torch")
     model = VLAModel(vla_model_config())
     params = sum(p.numel() for p in model.parameters())
@@ -269,7 +273,7 @@ def section_ppo_vla(args, device):
     collect_s = learn_s = 0.0
     steps, t0 = 0, time.time()
     iters = 0
-    while time.time() - t0 < (1 if args.smoke else 12) or iters < 2:
+    while time.time() - t0 < (1 if args.smoke else 10) or iters < 2:
         t = time.time()
         steps += trainer.collect()
         synchronize(device)
@@ -420,7 +424,7 @@ def section_vla(args, device):
     episodes = 2 if args.smoke else args.episodes
     before = evaluate_success(bc.policy, episodes, seed=1_000_000, image_size=32)
 
-    n = args.ppo_envs
+    n = args.ppo_envs_list[0]
     envs = BatchedDrivingEnv(n, image_size=32, device=str(device), backend="torch", return_tensors="torch")
     cfg = ppo_config(args, n, str(out / "ppo"), total_timesteps=10**12)
     ppo = ppo_from_model(bc.best_model_path, env=envs, config=cfg)
@@ -473,7 +477,8 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU (about 2 minutes)")
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--time_limit", type=float, default=345.0, help="seconds for all sections together")
-    p.add_argument("--ppo_envs", type=int, default=8192)
+    p.add_argument("--ppo_envs", default="8192,32768", help="worlds of the PPO + VLA runs (comma list; the VLA "
+                   "recipe uses the first)")
     p.add_argument("--ppo_epochs", type=int, default=4)
     p.add_argument("--compile_mode", default="auto", help="torch.compile mode of the compiled rows")
     p.add_argument("--compile_algos", default="iql,td3_bc", help="which offline methods (of iql,cql,td3_bc,dt) get a "
@@ -490,8 +495,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.ppo_envs_list = [int(x) for x in str(args.ppo_envs).split(",") if x]
     if args.smoke:
-        args.ppo_envs = min(args.ppo_envs, 64)
+        args.ppo_envs_list = [64]
         args.compile_algos = "td3_bc" if args.compile_algos == p.get_default("compile_algos") else args.compile_algos
         args.compile_warmup = min(args.compile_warmup, 5)
         args.vla_budget = min(args.vla_budget, 10.0)

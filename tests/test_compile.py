@@ -51,15 +51,17 @@ def test_modes_and_optimizers():
 
 
 @pytest.mark.slow
-def test_compiled_offline_update_matches_eager(tmp_path, same_random_numbers):
-    """IQL (with its cosine actor schedule: learning rates as tensors) for 12 steps, both ways."""
+@pytest.mark.parametrize("name", ["iql", "cql"])
+def test_compiled_offline_update_matches_eager(tmp_path, same_random_numbers, name):
+    """IQL (its cosine actor schedule: learning rates as tensors) and CQL (its temperature and actor
+    losses share a sampled action: graphs retained) for 12 steps, both ways."""
     runs = {}
     for compile_ in (False, True):
         torch.manual_seed(0)
         cfg = OfflineRLConfig(device="cpu", num_epochs=1, steps_per_epoch=12, batch_size=32, hidden_dim=64,
                               eval_freq=0, eval_episodes=0, save_freq=0, log_freq=1, compile=compile_,
                               output_dir=str(tmp_path / str(compile_)))
-        trainer = get_trainer_class("iql")(3, 1, cfg)
+        trainer = get_trainer_class(name)(3, 1, cfg)
         trainer.train(OfflineReplayBuffer(3, 1).load_dataset(random_dataset()))
         runs[compile_] = losses(trainer.run_dir)
     for key, eager in runs[False].items():

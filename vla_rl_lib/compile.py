@@ -8,7 +8,7 @@ replay the step with one launch.
 
 Switch it on with ``OfflineRLConfig(compile=True)`` (IQL, CQL, TD3+BC, the Decision Transformer,
 behaviour cloning) or ``RLConfig(compile=True)`` (SAC's update); on the command line
-``--compile true [--compile_mode ...]``. ``compile_mode``:
+``--compile [--compile_mode ...]``. ``compile_mode``:
 
 * ``"auto"``: ``"reduce-overhead"`` (inductor kernels replayed as CUDA graphs) on CUDA,
   ``"default"`` elsewhere;
@@ -65,8 +65,10 @@ def prepare_optimizers(*optimizers: torch.optim.Optimizer) -> None:
                 group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
 
 
-def compiled_update(update: Callable, device, mode: str = "auto") -> Callable:
-    """``update`` (a trainer's bound ``update(batch) -> metrics``) compiled as one function."""
+def compiled_update(update: Callable, device, mode: str = "auto", retain_graphs: bool = False) -> Callable:
+    """``update`` (a trainer's bound ``update(batch) -> metrics``) compiled as one function.
+
+    ``retain_graphs``: for updates whose backward passes share forward work (see :class:`_retained_graphs`)."""
     compiled = torch.compile(update, mode=resolve_mode(mode, device), dynamic=False)
     cuda_graphs = "reduce-overhead" in resolve_mode(mode, device) or resolve_mode(mode, device) == "max-autotune"
 
@@ -74,6 +76,8 @@ def compiled_update(update: Callable, device, mode: str = "auto") -> Callable:
     def step(batch: dict) -> dict:
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
+        if not retain_graphs:
+            return compiled(batch)
         with _retained_graphs(), functorch_config.patch(donated_buffer=False):  # (donated buffers forbid retain_graph)
             return compiled(batch)
 
@@ -89,11 +93,12 @@ def _backward_retaining(self, gradient=None, retain_graph=None, create_graph=Fal
 
 class _retained_graphs:
     """``loss.backward()`` keeps the graph inside a compiled update. Compilation merges the
-    forward work between two backward calls into one autograd node: SAC's and CQL's temperature
-    loss and actor loss both read the one sampled action, so the temperature's ``backward`` would
-    free what the actor's ``backward`` still needs (eager torch keeps them in separate graphs).
-    Keeping the graph changes no gradient: the second pass adds only zeros to what the first
-    one's optimiser has already stepped."""
+    forward work between two backward calls into one autograd node: in SAC and CQL the critic's
+    (or temperature's) loss and the actor's loss are computed next to the one sampled action, so
+    the first ``backward`` would free what the actor's ``backward`` still needs (eager torch keeps
+    them in separate graphs). Keeping the graph changes no gradient: the second pass adds only
+    zeros to what the first one's optimiser has already stepped. A trainer asks for it with
+    ``compile_retains_graphs = True``."""
 
     def __enter__(self):
         torch.Tensor.backward = _backward_retaining
@@ -114,4 +119,5 @@ def compile_trainer_update(trainer) -> Callable:
     if not getattr(cfg, "compile", False):
         return trainer.update
     prepare_optimizers(*optimizers_of(trainer))
-    return compiled_update(trainer.update, trainer.device, getattr(cfg, "compile_mode", "auto"))
+    return compiled_update(trainer.update, trainer.device, getattr(cfg, "compile_mode", "auto"),
+                           retain_graphs=bool(getattr(trainer, "compile_retains_graphs", False)))

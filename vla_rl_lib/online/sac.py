@@ -139,6 +139,7 @@ class SACTrainer(OnlineTrainer):
     """
 
     algorithm = "sac"
+    compile_retains_graphs = True  # compiled, its critic and actor losses share one forward (compile.py)
     Hyperparameters = SACHyperparameters
     _checkpoint_exclude = ("_given_policy", "critic_params")
 
