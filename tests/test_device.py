@@ -149,10 +149,13 @@ def test_config_device_and_cross_device_generator_state():
 
 
 # ---- the batched simulator's on-device sampler --------------------------------------------------------
-def test_batched_sampler_same_seed_same_world_and_noise(monkeypatch):
-    monkeypatch.setattr(D, "sample_scenario", lambda *a, **k: pytest.fail("a per-world Python sampler ran"))
-    env = BatchedDrivingEnv(6, difficulty="hard", backend="torch", return_tensors="torch", render_images=False)
-    assert env.sampler == "batched"
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_same_seed_same_world_and_noise(monkeypatch, backend):
+    """GRPO's contract, on both backends: worlds reset with one seed drive the same episode."""
+    if backend == "torch":  # the on-device sampler: no per-world Python sampling at all
+        monkeypatch.setattr(D, "sample_scenario", lambda *a, **k: pytest.fail("a per-world Python sampler ran"))
+    env = BatchedDrivingEnv(6, difficulty="hard", backend=backend, return_tensors="torch", render_images=False)
+    assert env.sampler == ("batched" if backend == "torch" else "per_world")
     obs, _ = env.reset(seed=[5, 5, 5, 9, 9, 11])
     state = obs["state"]
     assert torch.equal(state[0], state[1]) and torch.equal(state[0], state[2]) and torch.equal(state[3], state[4])
@@ -166,7 +169,10 @@ def test_batched_sampler_same_seed_same_world_and_noise(monkeypatch):
     obs, _ = env.reset(seed=[5, 5, 5, 1, 1, 1], options={"reset_mask": torch.tensor([0, 0, 0, 1, 1, 0])})
     assert torch.equal(obs["state"][:3], before[:3]) and torch.equal(obs["state"][5], before[5])
     assert torch.equal(obs["state"][3], obs["state"][4]) and not torch.equal(obs["state"][3], before[3])
-    # the numpy backend can use the same sampler: the same scenarios, bit for bit
+
+
+def test_batched_sampler_agrees_across_backends():
+    # the numpy backend can use the same sampler: the same scenarios
     twin = BatchedDrivingEnv(6, difficulty="hard", backend="numpy", sampler="batched", render_images=False)
     first, _ = twin.reset(seed=[5, 5, 5, 9, 9, 11])
     again, _ = BatchedDrivingEnv(6, difficulty="hard", backend="torch", render_images=False).reset(
@@ -175,8 +181,8 @@ def test_batched_sampler_same_seed_same_world_and_noise(monkeypatch):
 
 
 def test_batched_sampler_draws_the_scenario_distribution():
-    """The on-device sampler draws what sample_scenario draws (compared over 3,000 worlds each)."""
-    n, lanes = 3000, 3
+    """The on-device sampler draws what sample_scenario draws (compared over 2,000 worlds each)."""
+    n, lanes = 2000, 3
     fast = BatchedDrivingEnv(n, difficulty="hard", backend="torch", render_images=False)
     slow = BatchedDrivingEnv(n, difficulty="hard", backend="numpy", render_images=False)
     fast.reset(seed=0)
@@ -189,8 +195,8 @@ def test_batched_sampler_draws_the_scenario_distribution():
         cars = (np.asarray(env.npc_x) > 0).sum(1)
         stats.append([np.asarray(env.v).mean(), np.asarray(env.stop_line_y).mean(), cars.mean(),
                       np.asarray(env.npc_v)[:, 0].mean()])
-        # each instruction 1/5 of the time (sampling std 0.007 at n=3000: 0.03 is over 4 std)
-        np.testing.assert_allclose(np.bincount(np.asarray(env.task), minlength=5) / n, 0.2, atol=0.03)
-    # sampling error of these means at n=3000 is ~1% of each; 5% tolerances keep the test stable
+        # each instruction 1/5 of the time (sampling std 0.009 at n=2000: 0.04 is over 4 std)
+        np.testing.assert_allclose(np.bincount(np.asarray(env.task), minlength=5) / n, 0.2, atol=0.04)
+    # sampling error of these means at n=2000 is ~1% of each; 5% tolerances keep the test stable
     np.testing.assert_allclose(stats[0], stats[1], rtol=0.05)
     assert fast.npc_x.shape[1] == D.max_cars(lanes)
