@@ -385,8 +385,7 @@ def section_offline(args, device):
 
         if name in compile_algos:
             def compiled(name=name):
-                speed, warm = updates_per_second(offline_trainer(name, device, args.compile_mode), buffer, seconds,
-                                                 warmup=args.compile_warmup)
+                speed, warm = compiled_in_subprocess(args, name, seconds)
                 vs = f"{speed / peer['eager']:.1f}x eager" if peer.get("eager") else ""
                 if peer.get("d3rlpy"):
                     vs += f", {speed / peer['d3rlpy']:.1f}x d3rlpy"
@@ -396,6 +395,38 @@ def section_offline(args, device):
 
             # (compiling takes tens of seconds: keep enough time for the VLA recipe after it)
             run(args, "offline", f"{name} compiled", compiled, reserve=args.vla_reserve if "vla" in args.sections else 0)
+
+
+def compiled_in_subprocess(args, name: str, seconds: float):
+    """(steps/s, warm-up s) of the compiled update, measured in a child process with a timeout: a
+    compiler failure that breaks the CUDA context, or a compilation that runs too long, cannot take
+    the other sections down with it."""
+    import subprocess
+
+    limit = max(args.deadline - (args.vla_reserve if "vla" in args.sections else 0) - time.time(), 30.0)
+    cmd = [sys.executable, __file__, "--device", str(args.device), "--compiled_row", name,
+           "--compile_mode", args.compile_mode, "--compile_warmup", str(args.compile_warmup),
+           "--row_seconds", str(seconds)] + (["--smoke"] if args.smoke else [])
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"compiling and timing {name} took over {limit:.0f} s (the time left)") from None
+    lines = [line for line in done.stdout.splitlines() if line.startswith("COMPILED_ROW ")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"child exited {done.returncode}: {' / '.join(tail)[:400]}")
+    result = json.loads(lines[-1][len("COMPILED_ROW "):])
+    return result["speed"], result["warm"]
+
+
+def compiled_row_child(args, device) -> int:
+    """The child of :func:`compiled_in_subprocess`: time one compiled update, print it as JSON."""
+    data = load_dataset("hopper-medium-v0")
+    buffer = OfflineReplayBuffer(11, 3, device=str(device)).load_dataset(data)
+    speed, warm = updates_per_second(offline_trainer(args.compiled_row, device, args.compile_mode), buffer,
+                                     args.row_seconds, warmup=args.compile_warmup)
+    print("COMPILED_ROW " + json.dumps({"speed": speed, "warm": warm}), flush=True)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -493,7 +524,13 @@ def main(argv=None) -> int:
     p.add_argument("--bc_steps", type=int, default=1500)
     p.add_argument("--episodes", type=int, default=20, help="held-out episodes per instruction")
     p.add_argument("--out", default=None, help="folder for gpu.json and gpu.md")
+    p.add_argument("--compiled_row", default=None, help=argparse.SUPPRESS)  # (internal: one compiled row)
+    p.add_argument("--row_seconds", type=float, default=4.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.compiled_row:
+        if args.smoke:
+            torch.set_num_threads(1)
+        return compiled_row_child(args, torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.ppo_envs_list = [int(x) for x in str(args.ppo_envs).split(",") if x]

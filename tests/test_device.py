@@ -200,3 +200,22 @@ def test_batched_sampler_draws_the_scenario_distribution():
     # sampling error of these means at n=2000 is ~1% of each; 5% tolerances keep the test stable
     np.testing.assert_allclose(stats[0], stats[1], rtol=0.05)
     assert fast.npc_x.shape[1] == D.max_cars(lanes)
+
+
+def test_gpu_check_script_runs_and_writes_its_table(tmp_path):
+    """benchmarks/gpu.py (the one-command GPU check) at smoke size, one cheap section and a bad one."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    code = gpu.main(["--smoke", "--device", "cpu", "--sections", "simulator,nonsense", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert code == 1  # the unknown section is a FAILED row, and the run says so
+    assert [r["status"] for r in rows if r["section"] == "nonsense"] == ["FAILED"]
+    sim = [r for r in rows if r["section"] == "simulator"]
+    assert len(sim) == 5 and all(r["status"] == "ok" for r in sim)
+    assert "| simulator |" in (tmp_path / "gpu.md").read_text()
