@@ -52,7 +52,8 @@ def test_td3_bc_trains_without_host_copies(tmp_path, no_host_copies):
 
 
 def tensor_driving_env(n=4, **kw):
-    return BatchedDrivingEnv(n, image_size=32, max_episode_steps=12, backend="torch", **kw)
+    """The simulator's GPU code path on the CPU: torch backend, on-device sampler, mask painter."""
+    return BatchedDrivingEnv(n, image_size=32, max_episode_steps=12, backend="torch", painter="masks", **kw)
 
 
 def ppo_on(envs, device, tmp_path, **kw):

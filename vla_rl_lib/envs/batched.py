@@ -28,7 +28,10 @@ GPU torch runs the same code (``device="cuda"``), and ``backend="torch"`` forces
 Rendering is batched too: the road comes from one of ``period`` pre-drawn scrolled views, and every
 rectangle (stop line, car bodies, windscreens) is cut into one span of pixels per image row; one
 indexed assignment per colour copies all spans of all worlds (numpy through a strided view of the
-image buffer whose rows are spans, torch through byte addresses).
+image buffer whose rows are spans, torch through byte addresses). On a GPU (``painter="masks"``)
+each colour is instead painted through a whole-image mask from one batched matmul of row and
+column indicators: more arithmetic, but no shape that depends on the data, so the device never
+waits for the host. Both painters draw the same pixels.
 
 ``return_tensors="numpy"`` (default, as gymnasium vector envs do) or ``"torch"`` (tensors on
 ``device``; best on a GPU) chooses what ``step`` returns.
@@ -200,7 +203,8 @@ class BatchedDrivingEnv(VectorEnv):
     the CPU, torch elsewhere), ``return_tensors`` ("numpy" | "torch"), ``autoreset_mode``
     ("next_step" | "same_step"), ``render_images`` (False leaves ``image`` all zeros, faster) and
     ``sampler`` ("per_world" | "batched"; default per_world with numpy, batched with torch: see the
-    module docstring).
+    module docstring) and ``painter`` ("spans" | "masks"; default masks on a GPU, spans on a CPU:
+    the same pictures, see ``_paint`` and ``_paint_masks``).
     """
 
     def __init__(self, num_envs: int = 64, difficulty: str = "easy", instruction: Optional[str] = None,
@@ -208,7 +212,7 @@ class BatchedDrivingEnv(VectorEnv):
                  reward_fn: Optional[Callable[..., Any]] = None, device: str = "cpu",
                  dtype: Optional[torch.dtype] = None, return_tensors: str = "numpy",
                  autoreset_mode: str = "next_step", render_images: bool = True,
-                 backend: Optional[str] = None, sampler: Optional[str] = None):
+                 backend: Optional[str] = None, sampler: Optional[str] = None, painter: Optional[str] = None):
         if int(num_envs) < 1:
             raise ConfigError(f"num_envs={num_envs!r} must be >= 1")
         if return_tensors not in ("numpy", "torch"):
@@ -239,6 +243,9 @@ class BatchedDrivingEnv(VectorEnv):
         self.sampler = sampler or ("per_world" if self.backend == "numpy" else "batched")
         if self.sampler not in ("per_world", "batched"):
             raise ConfigError(f"sampler={sampler!r}: use 'per_world' or 'batched'")
+        self.painter = painter or ("spans" if self.device.type == "cpu" else "masks")
+        if self.painter not in ("spans", "masks") or (self.painter == "masks" and self.backend != "torch"):
+            raise ConfigError(f"painter={painter!r}: use 'spans', or 'masks' with backend='torch'")
         self.return_tensors = return_tensors
         self.render_images = bool(render_images)
         self.metadata = {"autoreset_mode": _MODES[autoreset_mode], "render_modes": []}
@@ -620,38 +627,64 @@ class BatchedDrivingEnv(VectorEnv):
             self._spans[key] = self.ops.xp.tile(self._palette[label], (width,))
         return self._spans[key]
 
-    def _render(self):
+    def _rectangles(self):
+        """What to paint over the road, in DrivingEnv's order: ``(visible, top, bottom, left, right,
+        label)`` with ``(N, K)`` arrays, one column per rectangle of a kind (the stop line; the other
+        cars' bodies, then their windscreens: they never overlap each other; the ego car's body,
+        then its windscreen, shifted sideways by its heading). Edges are pixel indices, unclipped."""
         xp, ops = self.ops.xp, self.ops
-        g, n, size = self._geom, self.num_envs, self.image_size
+        g, size = self._geom, self.image_size
         rnd = lambda v: ops.to_int(xp.floor(v + 0.5))  # noqa: E731  (round half up, as DrivingEnv)
-        image = xp.empty((n, size, size, 3), dtype=ops.uint8, device=ops.device)
-        # road: one of the `period` pre-drawn scrolled views (RoadGeometry.strip_offset)
-        c = ops.to_int(xp.floor(self.y * g.sy)) + D._round(g.ego_row)
-        ops.take_rows(self._road_views, (-c) % g.period, out=image)
-        # stop line: a band across the road
-        rel = self.stop_line_y - self.y
+        rel = (self.stop_line_y - self.y)[:, None]
         top = rnd(g.ego_row - (rel + D.STOP_LINE_WIDTH / 2) * g.sy)
         bottom = rnd(g.ego_row - (rel - D.STOP_LINE_WIDTH / 2) * g.sy)
         c0, c1 = g.road_cols
-        (w,) = ops.nonzero((bottom > 0) & (top < size))
-        self._paint(image, w, top[w], bottom[w], xp.full_like(w, c0), xp.full_like(w, c1), D.LABELS.index("stop_line"))
-        # cars in the order DrivingEnv draws them: the other cars in view (bodies, then windscreens:
-        # they never overlap each other), then the ego car on top (its windscreen shifted sideways
-        # by its heading)
+        out = [((bottom > 0) & (top < size), top, bottom, xp.full_like(top, c0), xp.full_like(top, c1), "stop_line")]
         rel = self.npc_y - self.y[:, None]
-        w, k = ops.nonzero((rel < g.ahead) & (rel > -g.behind) & (self.npc_x > 0))
-        cars = [(w, rel[w, k], self.npc_x[w, k], 0 * w, "car"),
-                (self._world, 0 * self.y, self.x,
-                 ops.clip(rnd(xp.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx), -1, 1), "ego")]
-        for world, rel, x, shift, name in cars:
+        shift = ops.clip(rnd(xp.sin(self.heading) * D.CAR_LENGTH / 2 * g.sx), -1, 1)[:, None]
+        cars = [((rel < g.ahead) & (rel > -g.behind) & (self.npc_x > 0), rel, self.npc_x, 0, "car"),
+                (self.x[:, None] == self.x[:, None], 0 * self.y[:, None], self.x[:, None], shift, "ego")]
+        for visible, rel, x, shift, name in cars:
             top = rnd(g.ego_row - (rel + D.CAR_LENGTH / 2) * g.sy)
             bottom = rnd(g.ego_row - (rel - D.CAR_LENGTH / 2) * g.sy)
             left = rnd((x - D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
             right = rnd((x + D.CAR_WIDTH / 2 + D.SHOULDER) * g.sx)
-            self._paint(image, world, top, bottom, left, right, D.LABELS.index(name))
-            self._paint(image, world, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift,
-                        D.LABELS.index(name + "_window"))
+            out.append((visible, top, bottom, left, right, name))
+            out.append((visible, top + 1, top + 1 + g.window_len, left + 1 + shift, right - 1 + shift, name + "_window"))
+        return out
+
+    def _render(self):
+        xp, ops = self.ops.xp, self.ops
+        g, n, size = self._geom, self.num_envs, self.image_size
+        image = xp.empty((n, size, size, 3), dtype=ops.uint8, device=ops.device)
+        # road: one of the `period` pre-drawn scrolled views (RoadGeometry.strip_offset)
+        c = ops.to_int(xp.floor(self.y * g.sy)) + D._round(g.ego_row)
+        ops.take_rows(self._road_views, (-c) % g.period, out=image)
+        for visible, top, bottom, left, right, name in self._rectangles():
+            if self.painter == "masks":  # masks of whole images: no data-dependent shapes, no device sync
+                self._paint_masks(image, visible, top, bottom, left, right, D.LABELS.index(name))
+            else:
+                w, k = ops.nonzero(visible)
+                self._paint(image, w, top[w, k], bottom[w, k], left[w, k], right[w, k], D.LABELS.index(name))
         return image
+
+    def _paint_masks(self, image, visible, top, bottom, left, right, label: int) -> None:
+        """Fill rectangles [top, bottom) x [left, right) (``(N, K)`` arrays, ``visible`` ones only)
+        with colour ``label``: pixel (h, w) of image n is covered when some rectangle k has row h in
+        [top, bottom) and column w in [left, right), i.e. ``rows[n] @ cols[n] > 0`` with
+        ``rows[n, h, k]`` and ``cols[n, k, w]`` the 0/1 indicators (one batched matmul; K = 1: an
+        outer product). The torch backend's renderer: every shape is fixed, so a GPU never waits."""
+        pixels = self._arange_h
+        rows = (pixels >= top[..., None]) & (pixels < bottom[..., None]) & visible[..., None]  # (N, K, H)
+        cols = (pixels >= left[..., None]) & (pixels < right[..., None])  # (N, K, W)
+        if rows.shape[1] == 1:
+            mask = rows[:, 0, :, None] & cols[:, 0, None, :]
+        else:
+            dtype = torch.float32 if image.device.type == "cpu" else torch.float16  # (sums of <= K ones: exact)
+            mask = torch.bmm(rows.transpose(1, 2).to(dtype), cols.to(dtype)) > 0  # (N, H, W)
+        colour = D.PALETTE[label]
+        for channel in range(3):
+            image[..., channel].masked_fill_(mask, int(colour[channel]))
 
     def _observation(self):
         if self.render_images:
