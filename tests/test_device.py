@@ -220,3 +220,18 @@ def test_gpu_check_script_runs_and_writes_its_table(tmp_path):
     sim = [r for r in rows if r["section"] == "simulator"]
     assert len(sim) == 5 and all(r["status"] == "ok" for r in sim)
     assert "| simulator |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_a_gpu_run_opens_on_a_cpu_only_machine(tmp_path, monkeypatch):
+    """A checkpoint whose config says device='cuda' loads with device='cpu' where there is no GPU."""
+    from vla_rl_lib.trainer import Trainer
+
+    trainer = get_trainer_class("td3_bc")(3, 1, offline_config(tmp_path, "cpu"))
+    trainer.train(OfflineReplayBuffer(3, 1).load_dataset(random_dataset()))
+    state = torch.load(trainer.run_dir / "checkpoint.pt", weights_only=True)
+    state["meta"]["config"]["device"] = "cuda"  # as a GPU machine writes it
+    torch.save(state, tmp_path / "gpu.pt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="no CUDA device"):
+        again = Trainer.from_checkpoint(tmp_path / "gpu.pt")
+    assert again.device == torch.device("cpu") and again.global_step == 4

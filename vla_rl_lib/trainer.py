@@ -23,6 +23,7 @@ import copy
 import importlib
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -360,6 +361,12 @@ class Trainer:
         state = load_checkpoint(path)
         meta = state["meta"]
         trainer_cls = get_trainer_class(meta["algorithm"]) if cls in (Trainer, OfflineTrainer, OnlineTrainer) else cls
+        saved_device = str(meta["config"].get("device", "auto"))
+        if "device" not in overrides and saved_device.startswith("cuda") and not torch.cuda.is_available():
+            # the run's device describes the machine that trained it: a GPU run opens on a CPU-only machine
+            warnings.warn(f"{path} was trained with device={saved_device!r}; this machine has no CUDA device, so it "
+                          "is loaded with device='cpu' (pass device=... to choose)", stacklevel=2)
+            overrides["device"] = "cpu"
         config = trainer_cls.config_class.from_dict(meta["config"], **overrides)
         trainer = trainer_cls(config=config, **meta["init"], **meta["hparams"])
         return trainer.load(path)
