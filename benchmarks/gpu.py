@@ -192,6 +192,30 @@ def section_trainers(args, device):
         run(args, "trainers", name, lambda name=name, make=make, train=train: trainer_cycle(
             "trainers", name, make, train, lambda t: t.evaluate(num_episodes=2), device))
 
+    run(args, "trainers", "sb3", lambda: sb3_rows(args, device, online))
+
+
+def sb3_rows(args, device, online):
+    """Stable-Baselines3's PPO and SAC at the same budgets and sizes on the same device, when installed."""
+    try:
+        import stable_baselines3 as sb3
+        from stable_baselines3.common.env_util import make_vec_env
+    except ImportError:
+        add("trainers", "Stable-Baselines3", "skipped", note="stable_baselines3 is not installed", status="skipped")
+        return
+    makers = {
+        "ppo": lambda: sb3.PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=0), n_steps=64, batch_size=128,
+                               n_epochs=2, device=str(device), seed=0),
+        "sac": lambda: sb3.SAC("MlpPolicy", "Pendulum-v1", learning_starts=100, batch_size=256, device=str(device), seed=0),
+    }
+    for name, make in makers.items():
+        budget = online[name][2]
+        model = make()
+        t = time.time()
+        model.learn(budget)
+        add("trainers", f"{name} Stable-Baselines3 {sb3.__version__} on {device}",
+            f"{fmt(budget / (time.time() - t))} steps/s", note="same budget and sizes as the kit's row above")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # the simulator
