@@ -2,13 +2,16 @@
 
 Small reinforcement-learning networks are bound by kernel launches, not arithmetic: an IQL step
 on 256x256 MLPs is a few hundred tiny kernels, and the GPU waits for Python between them.
-Compiling the *whole* update (forward passes, losses, backward passes, optimiser steps, target
-updates) lets inductor fuse the element-wise work into a few kernels and, with CUDA graphs,
-replay the step with one launch.
+Compiling the update (forward passes, losses, target updates) lets inductor fuse the element-wise
+work into a few kernels and, with CUDA graphs, replay each piece with one launch. torch.compile
+splits the update where it cannot trace: at every ``loss.backward()`` (the backward passes are
+compiled too, by AOTAutograd, and replayed the same way) and at the fused Adam step (already one
+multi-tensor kernel); so an update of three losses runs as a handful of replays.
 
-Switch it on with ``OfflineRLConfig(compile=True)`` (IQL, CQL, TD3+BC, the Decision Transformer,
-behaviour cloning) or ``RLConfig(compile=True)`` (SAC's update); on the command line
-``--compile [--compile_mode ...]``. ``compile_mode``:
+Switch it on with ``OfflineRLConfig(compile=True)`` (IQL, CQL, TD3+BC, the Decision Transformer;
+behaviour cloning takes the same path but has not been checked) or ``RLConfig(compile=True)``
+(SAC's update, with a fixed ``alpha``); on the command line ``--compile [--compile_mode ...]``.
+``compile_mode``:
 
 * ``"auto"``: ``"reduce-overhead"`` (inductor kernels replayed as CUDA graphs) on CUDA,
   ``"default"`` elsewhere;
@@ -22,13 +25,15 @@ makes an update compile well is done here once:
   updates them in place instead of changing a Python float the compiled graph would specialise on
   (which would recompile it every step), and ``zero_grad`` becomes traceable Python;
 * each call starts a new CUDA-graph step (``torch.compiler.cudagraph_mark_step_begin``): the
-  metrics one update returns are read (summed) by the trainer before the next one overwrites them.
+  metrics one update returns are read (summed) by the trainer before the next one overwrites them;
+* updates whose backward passes share forward work keep their graphs (``_retained_graphs``).
 
 The first calls are slow (compilation: seconds on a GPU, tens of seconds on a CPU); what pays is
-a long run. Compiled and eager updates compute the same losses (tests/test_compile.py), up to
+a long run. Compiled and eager updates compute the same losses (tests/test_compile.py for IQL,
+CQL and SAC; TD3+BC and the DT were compared the same way by hand, 12 steps, within 3e-7), up to
 float rounding and, for the algorithms that sample noise inside the update (SAC, CQL, TD3+BC),
 the random stream: inductor draws its own random numbers unless
-``torch._inductor.config.fallback_random`` is set.
+``torch._inductor.config.fallback_random`` is set (as the tests do).
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from typing import Callable
 
 import torch
 import torch._functorch.config as functorch_config
+
 
 def resolve_mode(mode: str, device: torch.device) -> str:
     """The ``torch.compile`` mode for ``mode`` on ``device`` (``"auto"``: CUDA graphs on CUDA)."""
