@@ -84,6 +84,10 @@ class _NumpyOps:
         return np.nonzero(mask)
 
     @staticmethod
+    def zero_where(a, mask):
+        a[mask] = 0
+
+    @staticmethod
     def take_rows(src, index, out):
         np.take(src, index, axis=0, out=out)
 
@@ -128,6 +132,10 @@ class _TorchOps:
     @staticmethod
     def nonzero(mask):
         return torch.nonzero(mask, as_tuple=True)
+
+    @staticmethod
+    def zero_where(a, mask):
+        a.masked_fill_(mask, 0)  # (no device sync, unlike a[mask] = 0 in general)
 
     @staticmethod
     def take_rows(src, index, out):
@@ -505,10 +513,12 @@ class BatchedDrivingEnv(VectorEnv):
         terminated = collision | success
         truncated = ~terminated & (self.steps >= self.max_episode_steps)
 
-        if resetting.any():  # NEXT_STEP: these worlds only reset this step
+        # NEXT_STEP: these worlds only reset this step. On the device (torch, batched sampler) the
+        # masked reset runs every step rather than asking the device whether any world resets.
+        if (self.backend == "torch" and self.sampler == "batched") or resetting.any():
             self._start_episodes(resetting)
             for array in (reward, terminated, truncated, collision, success, *terms.values()):
-                array[resetting] = 0
+                ops.zero_where(array, resetting)
         info = self._info(collision, success, terms)  # before a SAME_STEP reset: the finished step
         done = terminated | truncated
         if next_step:
