@@ -77,6 +77,15 @@ def test_ppo_rollout_on_a_tensor_env_stays_on_the_device(tmp_path, no_host_copie
     assert all(length <= 12 for length in trainer.recent_lengths)
 
 
+def test_ppo_same_step_autoreset_on_a_tensor_env(tmp_path, no_host_copies):
+    """SAME_STEP: truncated episodes bootstrap from info["final_obs"] (tensors) without numpy."""
+    trainer = ppo_on(tensor_driving_env(return_tensors="torch", autoreset_mode="same_step"), "cpu", tmp_path)
+    with no_host_copies():
+        trainer.collect()
+    assert bool(trainer.buffer.valid.all())  # no reset steps in SAME_STEP mode
+    assert 12 in trainer.recent_lengths  # episodes were cut by the time limit: final_obs was read
+
+
 def test_tensor_and_numpy_envs_give_the_same_rollout(tmp_path):
     """The on-device rollout is the same algorithm as the numpy one: same env, seeds and policy ->
     the same rewards, flags, values and advantages' inputs."""
