@@ -311,6 +311,10 @@ class Trainer:
                 objects[name] = obj.get_state()
             elif isinstance(obj, np.random.Generator):
                 objects[name] = obj.bit_generator.state
+            elif isinstance(obj, torch.optim.Optimizer):  # (the compiled path holds learning rates as tensors)
+                objects[name] = obj.state_dict()
+                for group in objects[name]["param_groups"]:
+                    group["lr"] = float(group["lr"])
             else:
                 objects[name] = obj.state_dict()
         return {"meta": self.meta(), "objects": objects, "rng": rng_state(),
@@ -348,6 +352,7 @@ class Trainer:
                 raise CheckpointError(f"{path}: '{name}' does not match this trainer "
                                       f"({str(exc).splitlines()[0][:200]}); check obs/action sizes and network sizes") from None
         set_rng_state(state["rng"])
+        self._update_fn = None  # (the optimisers' learning rates are floats again: prepare them anew)
         self.global_step = int(state["global_step"])
         if isinstance(self, OfflineTrainer):  # where to evaluate and whose reference scores apply
             self.env_id = self.env_id or meta.get("env_id")
