@@ -10,7 +10,8 @@ from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.nets import GaussianPolicy
 from vla_rl_lib.online.grpo import (GRPOTrainer, clipped_objective, combine_objectives, group_relative_advantages,
-                                   grpo_loss, informative_groups, k3_kl, leave_one_out_advantages, rollout_scores)
+                                   grpo_loss, informative_groups, k3_kl, leave_one_out_advantages, rollout_scores,
+                                   step_weights)
 
 
 def grpo_config(tmp_path, **kw):
@@ -115,6 +116,15 @@ def test_asymmetric_clip_by_hand():
     torch.testing.assert_close(clipped_objective(torch.tensor([1.25]), torch.tensor([1.0]), 0.2), torch.tensor([1.2]))
     loss, pg = grpo_loss(torch.tensor([1.5, 1.25]), torch.tensor([1.0, 1.0]), None, 0.2, 0.1, clip_range_high=0.28)
     assert loss.item() == pg.item() == pytest.approx(-(1.28 + 1.25) / 2)  # no KL term without kl
+
+
+def test_rollout_mean_weights_every_rollout_once():
+    lengths, episode = torch.tensor([2, 1, 3]), torch.tensor([0, 0, 1, 2, 2, 2])
+    w = step_weights(lengths, episode)
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.0, 2.0, 2 / 3, 2 / 3, 2 / 3]))  # T / (n |o_i|), T=6, n=3
+    obj = torch.tensor([1.0, 1.0, 4.0, 3.0, 3.0, 3.0])  # per-rollout means 1, 4, 3
+    _, pg = grpo_loss(torch.ones(6), obj, None, 0.2, 0.0, weights=w)
+    assert pg.item() == pytest.approx(-(1 + 4 + 3) / 3)
 
 
 def test_token_level_loss_averages_over_tokens():

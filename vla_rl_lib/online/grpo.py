@@ -29,7 +29,8 @@ Training stops after ``num_iterations`` iterations (or ``total_timesteps`` envir
 whichever comes first); ``global_step`` counts environment steps as for PPO and SAC (the steps of
 groups dropped by dynamic sampling count too). The loss is averaged over all steps of the minibatch
 (each step counts once, so long episodes weigh more than short ones, as in DAPO's token-level
-averaging). The group std is the sample standard deviation.
+averaging), or with ``grpo_loss_mean="rollout"`` each rollout counts once (:func:`step_weights`, the
+original GRPO's per-sample mean). The group std is the sample standard deviation.
 
 The environment must be reproducible from a seed: two worlds reset with the same seed must give the
 same first observation; otherwise a group would not share its initial state and ``IncompatibleError``
@@ -53,7 +54,7 @@ from vla_rl_lib.online.rollout import check_policy, frozen_copy, index_obs, make
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["GRPOTrainer", "group_relative_advantages", "leave_one_out_advantages", "combine_objectives",
-           "informative_groups", "rollout_scores", "k3_kl", "clipped_objective", "grpo_loss"]
+           "informative_groups", "rollout_scores", "k3_kl", "clipped_objective", "grpo_loss", "step_weights"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,17 +146,33 @@ def clipped_objective(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: f
 
 
 def grpo_loss(ratio: torch.Tensor, advantages: torch.Tensor, kl: Optional[torch.Tensor], clip_range: float,
-              kl_coef: float, clip_range_high: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
+              kl_coef: float, clip_range_high: Optional[float] = None,
+              weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO's objective as a loss to minimise, averaged over steps (or tokens)::
 
-        L = -mean_t [ min( r_t A_t , clip(r_t, 1 - eps_low, 1 + eps_high) A_t ) - beta * k3_t ]
+        L = -mean_t w_t [ min( r_t A_t , clip(r_t, 1 - eps_low, 1 + eps_high) A_t ) - beta * k3_t ]
 
-    ``kl=None`` (or ``kl_coef=0``) leaves the KL term out. Returns ``(L, clipped-surrogate part)``.
+    ``w_t = 1`` unless ``weights`` are given (:func:`step_weights`). ``kl=None`` (or ``kl_coef=0``)
+    leaves the KL term out. Returns ``(L, clipped-surrogate part)``.
     """
-    policy_loss = -clipped_objective(ratio, advantages, clip_range, clip_range_high).mean()
+    def mean(x):
+        return x.mean() if weights is None else (weights.reshape(-1, *[1] * (x.dim() - 1)) * x).mean()
+
+    policy_loss = -mean(clipped_objective(ratio, advantages, clip_range, clip_range_high))
     if kl is None or kl_coef == 0:
         return policy_loss, policy_loss
-    return policy_loss + kl_coef * kl.mean(), policy_loss
+    return policy_loss + kl_coef * mean(kl), policy_loss
+
+
+def step_weights(lengths: torch.Tensor, episode: torch.Tensor) -> torch.Tensor:
+    """Per-step weights that make every rollout count once, whatever its length (the sample-level
+    mean of DeepSeekMath's GRPO, ``1/G sum_i 1/|o_i| sum_t``), for steps ``t`` of rollouts ``episode[t]``::
+
+        w_t = T / (n * |o_{i(t)}|),     T = sum_i |o_i| steps of n rollouts   (so mean_t w_t = 1)
+
+    Without them (``mean_t``, DAPO's token-level mean) a rollout weighs by its length.
+    """
+    return (episode.numel() / (lengths.numel() * lengths.to(torch.float32)))[episode]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,6 +347,7 @@ class GRPOTrainer(OnlineTrainer):
         ref_log_probs = self._all_log_probs(self.ref_policy, obs, actions) if use_kl else None
         if cfg.token_level_ratios:
             advantages = advantages[:, None]  # every token of a step shares the step's advantage
+        weights = step_weights(data.lengths, data.episode) if cfg.grpo_loss_mean == "rollout" else None
         size = actions.shape[0]
         batch = min(cfg.batch_size, size)
         high = cfg.clip_range if cfg.clip_range_high is None else cfg.clip_range_high
@@ -342,7 +360,8 @@ class GRPOTrainer(OnlineTrainer):
                 log_probs, entropy = self._log_probs(self.policy, index_obs(obs, mb), actions[mb], True)
                 ratio = (log_probs - old_log_probs[mb]).exp()
                 kl = k3_kl(log_probs, ref_log_probs[mb]) if use_kl else None
-                loss, policy_loss = grpo_loss(ratio, advantages[mb], kl, cfg.clip_range, cfg.kl_coef, high)
+                loss, policy_loss = grpo_loss(ratio, advantages[mb], kl, cfg.clip_range, cfg.kl_coef, high,
+                                              None if weights is None else weights[mb])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self._params, cfg.ppo_max_grad_norm)
