@@ -257,7 +257,8 @@ TINY_VLA = dict(image_size=32, vision_channels=[8, 16, 16], embed_dim=32, hidden
                 state_indices=[1, 2])
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
 def test_groups_run_in_lockstep_on_the_batched_simulator(tmp_path, monkeypatch, backend):
     """A group's members are worlds reset with one seed; with the torch backend returning tensors
     the rollout and the update never turn a tensor into a numpy array (``__array__`` raises)."""
@@ -268,11 +269,12 @@ def test_groups_run_in_lockstep_on_the_batched_simulator(tmp_path, monkeypatch, 
 
     torch.manual_seed(0)
     policy = VLAPolicy(VLAModel(action_head="tokens", **TINY_VLA))
+    device = "cuda" if backend == "cuda" else "cpu"
     cfg = grpo_config(tmp_path, group_size=3, num_groups=2, batch_size=32, grpo_epochs=1, kl_coef=0.1,
-                      token_level_ratios=True, clip_range_high=0.28)
-    if backend == "torch":
+                      token_level_ratios=True, clip_range_high=0.28, device=device)
+    if backend in ("torch", "cuda"):
         env = BatchedDrivingEnv(num_envs=6, image_size=32, max_episode_steps=12, backend="torch",
-                                return_tensors="torch", dtype=torch.float32)
+                                return_tensors="torch", dtype=torch.float32, device=device)
 
         def no_numpy(self, *args, **kwargs):
             raise AssertionError("a tensor was turned into a numpy array during the group rollout")
@@ -280,12 +282,13 @@ def test_groups_run_in_lockstep_on_the_batched_simulator(tmp_path, monkeypatch, 
         monkeypatch.setattr(torch.Tensor, "__array__", no_numpy)
     else:
         env = DrivingEnv(image_size=32, max_episode_steps=12)
-    trainer = GRPOTrainer(env, config=cfg, policy=policy)
+    trainer = GRPOTrainer(env, config=cfg, policy=policy.to(device))
     assert isinstance(trainer.envs, BatchedDrivingEnv) and trainer.envs.num_envs == 6
-    assert trainer.envs.backend == backend
+    assert trainer.envs.backend == ("torch" if backend == "cuda" else backend)
     steps = trainer.collect()
     data = trainer._rollouts
     assert steps == int(data.lengths.sum()) and data.lengths.max() <= 12
+    assert data.obs["image"].device.type == device and data.returns.device.type == device
     first = data.obs["image"][:6].reshape(2, 3, 32, 32, 3)  # the first step of the six rollouts
     assert torch.equal(first, first[:, :1].expand_as(first)) and not torch.equal(first[0, 0], first[1, 0])
     assert data.obs["instruction"][0] == data.obs["instruction"][1] == data.obs["instruction"][2]
@@ -293,3 +296,64 @@ def test_groups_run_in_lockstep_on_the_batched_simulator(tmp_path, monkeypatch, 
     metrics = trainer.learn()
     assert np.isfinite(metrics["policy_loss"]) and metrics["kl"] >= 0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
+
+
+# ------------------------------------------------------------------------------------------------
+# learning on the driving simulator: a weak VLA, one instruction
+# ------------------------------------------------------------------------------------------------
+LEFT = "change to the left lane"
+
+
+@pytest.fixture(scope="module")
+def weak_left_lane_vla(tmp_path_factory):
+    """A VLA behaviour-cloned for 200 steps on 1,000 expert transitions of one instruction: weak."""
+    from vla_rl_lib.config import OfflineRLConfig
+    from vla_rl_lib.data.buffer import OfflineReplayBuffer
+    from vla_rl_lib.envs.driving import STATE_DIM
+    from vla_rl_lib.envs.expert import collect_dataset
+    from vla_rl_lib.vla.bc import BCTrainer
+    from vla_rl_lib.vla.model import VLAConfig
+
+    torch.manual_seed(0)
+    demos = collect_dataset(1000, seed=0, image_size=32, instruction=LEFT)
+    cfg = OfflineRLConfig(num_epochs=1, steps_per_epoch=200, batch_size=64, learning_rate=2e-3, eval_freq=0,
+                          eval_episodes=0, save_freq=0, log_freq=10**6, output_dir=str(tmp_path_factory.mktemp("bc")))
+    bc = BCTrainer(STATE_DIM, 2, cfg, model=VLAConfig(log_std_init=-1.5, **{**TINY_VLA, "hidden_dim": 64}))
+    bc.train(OfflineReplayBuffer(STATE_DIM, 2).load_dataset(demos))
+    path = tmp_path_factory.mktemp("model") / "weak"
+    bc.policy.model.save_pretrained(path)
+    return path
+
+
+class SignFlipped(GRPOTrainer):
+    """A broken GRPO: every advantage has the wrong sign."""
+
+    def advantages(self, rollouts):
+        return -super().advantages(rollouts)
+
+
+def left_lane_success(model_path, tmp_path, trainer_class=None, iterations=0):
+    """Success rate on 60 held-out episodes of LEFT after ``iterations`` of the kit's GRPO recipe."""
+    from vla_rl_lib.envs.driving import DrivingEnv
+    from vla_rl_lib.vla.pipeline import evaluate_success
+    from vla_rl_lib.vla.policy import load_policy
+
+    policy = load_policy(model_path)
+    if iterations:
+        cfg = RLConfig(env="driving", group_size=8, num_groups=8, num_iterations=iterations, batch_size=256,
+                       grpo_epochs=4, learning_rate=1e-3, kl_coef=0.0, grpo_reward="success", dynamic_sampling=True,
+                       clip_range_high=0.28, eval_episodes=0, eval_freq=0, save_freq=0, log_freq=10**6, seed=0,
+                       device="cpu", output_dir=str(tmp_path / "grpo"))
+        torch.manual_seed(0)
+        trainer_class(DrivingEnv(image_size=32, instruction=LEFT), config=cfg, policy=policy).train()
+    return evaluate_success(policy, 60, seed=500_000, instructions=[LEFT], image_size=32)["success_rate"]
+
+
+@pytest.mark.slow
+def test_grpo_raises_a_weak_vla_beyond_noise_and_a_sign_flip_does_not(weak_left_lane_vla, tmp_path):
+    """THRESHOLDS_DOC"""
+    before = left_lane_success(weak_left_lane_vla, tmp_path)
+    after = left_lane_success(weak_left_lane_vla, tmp_path, GRPOTrainer, iterations=8)
+    broken = left_lane_success(weak_left_lane_vla, tmp_path, SignFlipped, iterations=8)
+    assert after >= before + GAIN, (before, after)
+    assert broken < before + GAIN, (before, broken)
