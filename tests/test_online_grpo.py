@@ -351,9 +351,14 @@ def left_lane_success(model_path, tmp_path, trainer_class=None, iterations=0):
 
 @pytest.mark.slow
 def test_grpo_raises_a_weak_vla_beyond_noise_and_a_sign_flip_does_not(weak_left_lane_vla, tmp_path):
-    """THRESHOLDS_DOC"""
+    """The kit's driving recipe (0/1 success reward, dynamic sampling, clip-higher, no KL) on one
+    instruction. Measured with this setup (60 held-out episodes, 15 iterations of 8 groups x 8,
+    about 70-85k env steps): success 13.3% before, 75.0 / 68.3 / 73.3% after with training seeds
+    0 / 1 / 2 (gains +55 to +62 points); at 10 iterations the gains over three seeds were +10 to
+    +48 points, and the sign-flipped variant ended at 0% in all three seeds. The test asks for a gain
+    of at least 35 points, which the broken variant must miss."""
     before = left_lane_success(weak_left_lane_vla, tmp_path)
-    after = left_lane_success(weak_left_lane_vla, tmp_path, GRPOTrainer, iterations=8)
-    broken = left_lane_success(weak_left_lane_vla, tmp_path, SignFlipped, iterations=8)
-    assert after >= before + GAIN, (before, after)
-    assert broken < before + GAIN, (before, broken)
+    after = left_lane_success(weak_left_lane_vla, tmp_path, GRPOTrainer, iterations=15)
+    broken = left_lane_success(weak_left_lane_vla, tmp_path, SignFlipped, iterations=15)
+    assert after >= before + 0.35, (before, after)
+    assert broken < before + 0.35, (before, broken)
