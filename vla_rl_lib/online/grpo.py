@@ -224,8 +224,8 @@ class GRPOTrainer(OnlineTrainer):
         self._tensor_actions = getattr(self.envs, "return_tensors", "numpy") == "torch"
         if isinstance(self.action_space, gym.spaces.Box):
             self._low, self._high = self.action_space.low, self.action_space.high
-            self._low_t = torch.as_tensor(self._low, device=self.device)
-            self._high_t = torch.as_tensor(self._high, device=self.device)
+            self._low_t = torch.as_tensor(self._low, dtype=torch.float32, device=self.device)
+            self._high_t = torch.as_tensor(self._high, dtype=torch.float32, device=self.device)
 
     # ------------------------------------------------------------------------------------------
     # acting
