@@ -359,9 +359,10 @@ def d3rlpy_steps_per_second(name, data, device, seconds):
                                                             critic_encoder_factory=enc),
              "dt": lambda: d3rlpy.algos.DecisionTransformerConfig(batch_size=64, context_size=20, num_layers=3,
                                                                   num_heads=1, encoder_factory=d3rlpy.models.VectorEncoderFactory([128]))}
+    terminals = np.asarray(data["terminals"], dtype=bool)  # d3rlpy: a step ends by termination or by time, never both
     dataset = d3rlpy.dataset.MDPDataset(data["observations"], data["actions"], data["rewards"],
-                                        np.logical_or(data["terminals"], data["timeouts"]).astype(np.float32),
-                                        timeouts=data["timeouts"])
+                                        terminals.astype(np.float32),
+                                        timeouts=(np.asarray(data["timeouts"], dtype=bool) & ~terminals).astype(np.float32))
     algo = algos[name]().create(device=dev)
     n = 200
     t = time.time()

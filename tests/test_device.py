@@ -21,7 +21,12 @@ from vla_rl_lib.vla.policy import VLAPolicy
 
 TINY = dict(image_size=32, vision_channels=[8, 16, 16], embed_dim=32, hidden_dim=64, text_heads=2,
             state_indices=[1, 2])
-DEVICES = [torch.device("cpu"), "cpu"]
+# On a machine with CUDA (the GPU check runs this file there too) every device test also runs on it.
+DEVICES = [torch.device("cpu"), "cpu"] + ([torch.device("cuda"), "cuda"] if torch.cuda.is_available() else [])
+
+
+def same_device(actual: torch.device, asked) -> bool:
+    return actual.type == torch.device(asked).type
 
 
 def random_dataset(n=400, obs_dim=3, act_dim=1, episode=50, seed=0):
@@ -67,7 +72,8 @@ def ppo_on(envs, device, tmp_path, **kw):
 def test_ppo_rollout_on_a_tensor_env_stays_on_the_device(tmp_path, no_host_copies, device):
     """PPO on the batched simulator with return_tensors="torch" crashed in its first rollout on CUDA
     (np.asarray(terminated)); here no tensor may go through numpy during collect and learn."""
-    trainer = ppo_on(tensor_driving_env(return_tensors="torch"), device, tmp_path, ppo_normalize_reward=True)
+    envs = tensor_driving_env(return_tensors="torch", device=torch.device(device).type)  # the env on the same device
+    trainer = ppo_on(envs, device, tmp_path, ppo_normalize_reward=True)
     assert trainer._tensor_env and isinstance(trainer._next_obs["instruction"], IndexedText)
     with no_host_copies():
         for _ in range(2):
@@ -111,14 +117,14 @@ def test_offline_trainers_take_a_device_train_save_and_load(tmp_path, no_host_co
     kw = {"context_length": 5, "n_layer": 1, "embed_dim": 32, "n_head": 2} if name == "dt" else {}
     cls = get_trainer_class(name)
     trainer = cls(3, 1, offline_config(tmp_path, device), **kw)
-    assert trainer.device == torch.device("cpu") and trainer.config.device == "cpu"
+    assert same_device(trainer.device, device) and str(trainer.config.device).startswith(torch.device(device).type)
     with no_host_copies(numpy_method=False):  # (the DT's sampler reads the episodes once, explicitly)
         trainer.train(OfflineReplayBuffer(3, 1).load_dataset(random_dataset()))
     path = trainer.save(tmp_path / "ckpt.pt")
-    again = cls(3, 1, offline_config(tmp_path / "again", "cpu"), **kw).load(path)
+    again = cls(3, 1, offline_config(tmp_path / "again", "cpu"), **kw).load(path)  # on the CPU, from any device
     assert again.global_step == 4
     for p, q in zip(trainer.policy.parameters(), again.policy.parameters()):
-        torch.testing.assert_close(p, q)
+        torch.testing.assert_close(p.cpu(), q)
 
 
 def test_behaviour_cloning_takes_a_torch_device(tmp_path, no_host_copies):
@@ -146,7 +152,7 @@ def test_online_trainers_take_a_device(tmp_path, device):
         algorithm="grpo", group_size=2, num_groups=2, num_iterations=1, output_dir=str(tmp_path / "grpo"),
         **common)).train()
     for trainer in (ppo, sac, grpo):
-        assert trainer.device == torch.device("cpu") and trainer.global_step > 0
+        assert same_device(trainer.device, device) and trainer.global_step > 0
         again = type(trainer).from_checkpoint(trainer.run_dir / "checkpoint.pt")
         assert again.global_step == trainer.global_step
 
