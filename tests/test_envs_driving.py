@@ -248,7 +248,9 @@ def test_bad_inputs_raise_one_clear_error():
 @pytest.mark.parametrize("difficulty", ["easy", "hard"])
 def test_batched_agrees_with_single_envs(difficulty, backend):
     n = 6
-    batched = BatchedDrivingEnv(n, difficulty=difficulty, backend=backend)
+    # the per-world sampler draws DrivingEnv's scenarios (the torch backend's default, the on-device
+    # sampler, draws its own: tests/test_device.py)
+    batched = BatchedDrivingEnv(n, difficulty=difficulty, backend=backend, sampler="per_world")
     single = gym.vector.SyncVectorEnv([lambda: DrivingEnv(difficulty=difficulty) for _ in range(n)])
     ob, _ = batched.reset(seed=21)
     os_, _ = single.reset(seed=21)

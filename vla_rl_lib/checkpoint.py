@@ -202,11 +202,13 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    np.random.set_state((n[0], n[1].cpu().numpy().astype(np.uint32), n[2], n[3], n[4]))
     p = state["python"]
     random.setstate((p[1], tuple(p[0]), p[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # (absent when a CPU machine wrote it)
+        saved = [s.cpu() for s in state["cuda"]][:torch.cuda.device_count()]
+        for i, s in enumerate(saved):
+            torch.cuda.set_rng_state(s, i)
 
 
 def seed_everything(seed: int) -> None:

@@ -131,6 +131,8 @@ class ConfigBase:
         owner = type(self).__name__
         for f in dataclasses.fields(self):
             value = _coerce(owner, f.name, getattr(self, f.name), f.type, f.default)
+            if f.name == "device":
+                value = normalize_device(owner, value)
             object.__setattr__(self, f.name, value)
             check_field(owner, f.name, value, dict(f.metadata))
 
@@ -237,7 +239,16 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
-_DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps")
+_DEVICES = ("auto", "cpu", "cuda", *(f"cuda:{i}" for i in range(8)), "mps")
+_COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+
+def normalize_device(owner: str, value: Any) -> Any:
+    """A device given as a ``torch.device`` as the string the config keeps (configs are saved as
+    YAML): ``torch.device("cuda", 0)`` -> ``"cuda:0"``. The field's choices then check the name."""
+    if type(value).__name__ == "device" and type(value).__module__ == "torch":
+        return str(value)
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 @dataclass
@@ -278,6 +289,10 @@ class OfflineRLConfig(ConfigBase):
                                 "float32 weights and output layers; about 2x faster where the hardware has "
                                 "native bf16: recent x86 CPUs with AVX512-BF16/AMX, Ampere+ GPUs)",
                         choices=("fp32", "bf16"))
+    compile: bool = hp(False, "compile the whole update with torch.compile (vla_rl_lib/compile.py): slower "
+                              "first steps, faster long runs, most on a GPU")
+    compile_mode: str = hp("auto", "torch.compile mode of compile=True ('auto': CUDA graphs on CUDA)",
+                           choices=_COMPILE_MODES)
     # Output
     output_dir: str = hp("./output/offline_rl", "run directory")
 
@@ -342,6 +357,9 @@ class RLConfig(ConfigBase):
     model_path: Optional[str] = hp(None, "start from a saved VLA (directory written by save_pretrained)", nullable=True)
     seed: int = hp(0, "random seed", low=0)
     device: str = hp("auto", "torch device ('auto' picks CUDA when present)", choices=_DEVICES)
+    compile: bool = hp(False, "SAC: compile the whole update with torch.compile (vla_rl_lib/compile.py)")
+    compile_mode: str = hp("auto", "torch.compile mode of compile=True ('auto': CUDA graphs on CUDA)",
+                           choices=_COMPILE_MODES)
     # Output
     output_dir: str = hp("./output/online_rl", "run directory")
 

@@ -128,6 +128,14 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
+def as_float_tensor(value, device) -> torch.Tensor:
+    """A float32 tensor on ``device`` from numbers, a numpy array or a tensor on any device (a tensor
+    is moved with ``.to``, never through numpy: ``np.asarray`` of a CUDA tensor fails)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device=device, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(value, dtype=np.float32), device=device)
+
+
 class Policy(nn.Module):
     """Base class of the kit's policies: normalisation, action bounds, numpy ``predict``."""
 
@@ -147,13 +155,13 @@ class Policy(nn.Module):
     # -- observation and action spaces ----------------------------------------------------------
     def set_obs_normalization(self, mean, std) -> None:
         """Fix the observation normaliser (dataset statistics); ``x -> (x - mean) / std``."""
-        self.obs_mean.copy_(torch.as_tensor(np.asarray(mean, dtype=np.float32)))
-        self.obs_std.copy_(torch.as_tensor(np.asarray(std, dtype=np.float32)))
+        self.obs_mean.copy_(as_float_tensor(mean, self.obs_mean.device))
+        self.obs_std.copy_(as_float_tensor(std, self.obs_std.device))
 
     def set_action_bounds(self, low, high) -> None:
         """The environment's action bounds (continuous policies act inside them)."""
-        self.action_low.copy_(torch.as_tensor(np.asarray(low, dtype=np.float32)))
-        self.action_high.copy_(torch.as_tensor(np.asarray(high, dtype=np.float32)))
+        self.action_low.copy_(as_float_tensor(low, self.action_low.device))
+        self.action_high.copy_(as_float_tensor(high, self.action_high.device))
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std

@@ -134,6 +134,14 @@ class Trainer:
         """Called after each evaluation step with the reward the last ``predict`` action earned
         (sequence models such as the Decision Transformer decrement their return-to-go here)."""
 
+    def update_function(self):
+        """``self.update``, compiled once per trainer when ``config.compile`` is set (see vla_rl_lib/compile.py)."""
+        if getattr(self, "_update_fn", None) is None:
+            from vla_rl_lib.compile import compile_trainer_update
+
+            self._update_fn = compile_trainer_update(self)
+        return self._update_fn
+
     # ------------------------------------------------------------------------------------------
     # metrics, logging, evaluation
     # ------------------------------------------------------------------------------------------
@@ -340,7 +348,9 @@ class Trainer:
 
     def load(self, path: str | Path) -> "Trainer":
         """Restore everything :meth:`save` wrote; ``global_step`` continues from the checkpoint."""
-        state = load_checkpoint(path, map_location=self.device)
+        # read onto the CPU whatever device wrote it: load_state_dict copies onto this trainer's device
+        # (a checkpoint from a GPU loads on a CPU-only machine and the other way round)
+        state = load_checkpoint(path, map_location="cpu")
         meta = trainer_meta(state, path)
         if meta.get("algorithm") != self.algorithm:
             raise CheckpointError(f"{path} holds a {meta.get('algorithm')!r} checkpoint, not {self.algorithm!r}; "
@@ -354,7 +364,7 @@ class Trainer:
             saved = state["objects"][name]
             try:
                 if isinstance(obj, torch.Generator):
-                    obj.set_state(saved.cpu() if obj.device.type == "cpu" else saved)
+                    load_generator_state(obj, saved, self.config.seed + self.global_step)
                 elif isinstance(obj, np.random.Generator):
                     obj.bit_generator.state = saved
                 else:
@@ -462,6 +472,17 @@ class Trainer:
         return freq > 0 and now // freq > prev // freq
 
 
+def load_generator_state(generator: torch.Generator, saved: torch.Tensor, fallback_seed: int) -> None:
+    """Restore a generator's state. A state written by a generator of another device type (a
+    checkpoint from a GPU read on a CPU machine, or the other way round) cannot be carried over:
+    the generator is then seeded with ``fallback_seed`` instead, so the resumed run stays deterministic."""
+    saved = saved.cpu()
+    try:
+        generator.set_state(saved)
+    except (RuntimeError, ValueError):
+        generator.manual_seed(int(fallback_seed))
+
+
 def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` computes bfloat16 matmuls natively (and so faster than float32)."""
     if device_type == "cuda":
@@ -525,7 +546,8 @@ class OfflineTrainer(Trainer):
 
     # -- dataset statistics shared by the offline algorithms ------------------------------------
     def observation_statistics(self, buffer, eps: float = 1e-3, chunk: int = 65_536):
-        """Mean and ``std + eps`` (as CORL) of the raw observations of the buffer's transitions."""
+        """Mean and ``std + eps`` (as CORL) of the raw observations of the buffer's transitions
+        (float32 tensors on the buffer's device: no host copy)."""
         if getattr(buffer, "normalize_states", False):  # it normalised them with these statistics
             return np.asarray(buffer.obs_mean, np.float32), np.asarray(buffer.obs_std, np.float32)
         n = len(buffer)
@@ -537,7 +559,7 @@ class OfflineTrainer(Trainer):
             total_sq = sq if total_sq is None else total_sq + sq
         mean = total / n
         std = (total_sq / n - mean * mean).clamp_min(0.0).sqrt() + eps
-        return mean.float().cpu().numpy(), std.float().cpu().numpy()
+        return mean.float(), std.float()
 
     def action_bounds(self, buffer):
         """The evaluation environment's action bounds when it is known, else the dataset's
@@ -559,7 +581,7 @@ class OfflineTrainer(Trainer):
         for start in range(0, n, 65_536):
             idx = torch.arange(start, min(n, start + 65_536), device=buffer.device)
             amax = torch.maximum(amax, buffer.get(idx)["actions"].abs().amax(0))
-        bound = np.maximum(amax.cpu().numpy(), 1.0).astype(np.float32)
+        bound = amax.clamp_min(1.0).float()
         return -bound, bound
 
     def fit_policy_to_dataset(self, policy, buffer, normalize: bool) -> bool:
@@ -625,13 +647,14 @@ class OfflineTrainer(Trainer):
         cfg = self.config
         device = self.device
         precision = self.autocast()
+        update = self.update_function()
 
         def step():
             batch = self.buffer.sample(cfg.batch_size, generator=self.sample_generator)
-            if self.buffer.device != device:
+            if self.buffer.device != device:  # (a buffer on the CPU feeds a trainer on the GPU)
                 batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with precision:
-                metrics = self.update(batch)
+                metrics = update(batch)
             self._accumulate(metrics)
             self.global_step += 1
 

@@ -2,10 +2,20 @@
 
 :class:`BatchedDrivingEnv` holds every world's state as arrays of shape ``(num_envs, ...)`` and
 runs the same dynamics, task logic, state vector, reward (:func:`compute_reward` is called on whole
-batches) and picture as :class:`~vla_rl_lib.envs.driving.DrivingEnv`. New episodes are drawn by
-the same :func:`~vla_rl_lib.envs.driving.sample_scenario`, from one numpy Generator per world seeded
-``seed + i`` exactly as gymnasium seeds a ``SyncVectorEnv``: the batched env and a SyncVectorEnv of
-``DrivingEnv`` given the same seed and actions produce the same episodes (up to float rounding).
+batches) and picture as :class:`~vla_rl_lib.envs.driving.DrivingEnv`. 
+New episodes come from one of two samplers (``sampler=``):
+
+* ``"per_world"`` (the numpy backend's default): the same :func:`~vla_rl_lib.envs.driving.sample_scenario`,
+  from one numpy Generator per world seeded ``seed + i`` exactly as gymnasium seeds a
+  ``SyncVectorEnv``: the batched env and a SyncVectorEnv of ``DrivingEnv`` given the same seed and
+  actions produce the same episodes (up to float rounding). Resetting loops over the worlds in Python.
+* ``"batched"`` (the torch backend's default): the same distribution of scenarios, drawn for all
+  worlds at once on the device by a counter-based generator: draw ``d`` of episode ``e`` of a world
+  seeded ``s`` is a hash of ``(s, e, d)`` (:func:`uniform_draws`). No Python loop over worlds, no
+  host copy; 65,536 worlds reset in a few kernels. The episodes differ from ``DrivingEnv``'s for the
+  same seed, but **worlds given the same seed get the same scenario, and the same action-noise
+  stream, episode after episode** (the ``e``-th episode since that seed), which is what GRPO's groups
+  need: ``reset(seed=[s, s, s, t, t, t])`` starts two groups of three identical worlds.
 
 One implementation, two array libraries. The code below is written once against ``xp``, which is
 either ``numpy`` or ``torch``: both spell ``xp.where``, ``xp.floor``, ``xp.sin``, ``xp.stack``,
@@ -38,6 +48,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from vla_rl_lib.envs import driving as D
+from vla_rl_lib.envs.text import IndexedText
 from vla_rl_lib.errors import ConfigError, IncompatibleError
 
 _MODES = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
@@ -133,13 +144,63 @@ class _TorchOps:
         return a
 
 
+# ---- the batched sampler's counter-based generator --------------------------------------------------
+_M32, _M16 = 0xFFFFFFFF, 0xFFFF
+
+
+def _mul32(x, c: int):
+    """``(x * c) mod 2**32`` for integer arrays/tensors holding values below ``2**32``, without ever
+    overflowing int64 (torch has no uint32 arithmetic): split ``x`` into 16-bit halves."""
+    return ((((x >> 16) * c) & _M16) << 16) + (x & _M16) * c & _M32
+
+
+def mix32(x):
+    """Chris Wellons' ``lowbias32`` integer hash on values below ``2**32`` (numpy or torch int64)."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _mix32_int(x: int) -> int:
+    return int(mix32(np.array([x], dtype=np.int64))[0])
+
+
+def uniform_draws(key, counter, first: int, count: int, xp, dtype):
+    """``count`` uniforms in [0, 1) per world: draws ``first .. first + count - 1`` of stream
+    ``(key, counter)`` (``key``: the world's hashed seed, ``counter``: its episode or step number;
+    both int64 arrays of shape (N,)). Returns shape (N, count)."""
+    draws = xp.asarray([_mix32_int(first + d) for d in range(count)], dtype=key.dtype,
+                       **({} if xp is np else {"device": key.device}))
+    stream = mix32(key ^ mix32(counter))
+    h = mix32(stream[:, None] ^ draws[None, :])
+    return xp.asarray(h >> 8, dtype=dtype) * (1.0 / (1 << 24))
+
+
+def seed_keys(seeds) -> np.ndarray:
+    """The 32-bit stream keys of integer seeds (any size: both halves of a 64-bit seed count)."""
+    seeds = np.asarray(seeds, dtype=object).astype(np.uint64) if not isinstance(seeds, np.ndarray) \
+        else seeds.astype(np.uint64)
+    lo = (seeds & np.uint64(_M32)).astype(np.int64)
+    hi = (seeds >> np.uint64(32)).astype(np.int64)
+    return mix32(lo ^ mix32(hi + 0x632BE5AB))
+
+
+_SCENARIO_HEAD = 6  # instruction, start lane, ego speed, lead gap, lead speed, stop line
+_NOISE_DRAWS = 1 << 20  # noise draws start here in a world's stream (after any scenario's draws)
+
+
 class BatchedDrivingEnv(VectorEnv):
     """``num_envs`` driving worlds in numpy arrays or torch tensors (see the module docstring).
 
     Args are those of :class:`DrivingEnv` plus ``num_envs``, ``device``, ``dtype`` (a torch dtype:
     float64 on CPU, float32 on CUDA by default), ``backend`` ("numpy" | "torch"; default numpy on
     the CPU, torch elsewhere), ``return_tensors`` ("numpy" | "torch"), ``autoreset_mode``
-    ("next_step" | "same_step") and ``render_images`` (False leaves ``image`` all zeros, faster).
+    ("next_step" | "same_step"), ``render_images`` (False leaves ``image`` all zeros, faster) and
+    ``sampler`` ("per_world" | "batched"; default per_world with numpy, batched with torch: see the
+    module docstring).
     """
 
     def __init__(self, num_envs: int = 64, difficulty: str = "easy", instruction: Optional[str] = None,
@@ -147,7 +208,7 @@ class BatchedDrivingEnv(VectorEnv):
                  reward_fn: Optional[Callable[..., Any]] = None, device: str = "cpu",
                  dtype: Optional[torch.dtype] = None, return_tensors: str = "numpy",
                  autoreset_mode: str = "next_step", render_images: bool = True,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, sampler: Optional[str] = None):
         if int(num_envs) < 1:
             raise ConfigError(f"num_envs={num_envs!r} must be >= 1")
         if return_tensors not in ("numpy", "torch"):
@@ -175,6 +236,9 @@ class BatchedDrivingEnv(VectorEnv):
         if self.backend == "numpy" and self.device.type != "cpu":
             raise ConfigError(f"backend='numpy' runs on the CPU only, not on device={device!r}; use backend='torch'")
         self.ops = _NumpyOps(self.dtype) if self.backend == "numpy" else _TorchOps(self.dtype, self.device)
+        self.sampler = sampler or ("per_world" if self.backend == "numpy" else "batched")
+        if self.sampler not in ("per_world", "batched"):
+            raise ConfigError(f"sampler={sampler!r}: use 'per_world' or 'batched'")
         self.return_tensors = return_tensors
         self.render_images = bool(render_images)
         self.metadata = {"autoreset_mode": _MODES[autoreset_mode], "render_modes": []}
@@ -211,8 +275,15 @@ class BatchedDrivingEnv(VectorEnv):
         self._world = xp.arange(n, device=ops.device)
         self._side = xp.asarray([-1.0, 0.0, 1.0], **fl)  # left, own, right lane
         self._ahead = xp.asarray([True, False], device=ops.device)
-        self._rngs = [seeding.np_random(None)[0] for _ in range(n)]
-        self._fixed = [None if self.instruction is None else D.instruction_id(self.instruction)] * n
+        self._rngs = [seeding.np_random(None)[0] for _ in range(n)] if self.sampler == "per_world" else None
+        # the instruction each world is held to (-1: sampled per episode)
+        fixed = -1 if self.instruction is None else D.instruction_id(self.instruction)
+        self._fixed = xp.full((n,), fixed, dtype=ops.int64, device=ops.device)
+        # the batched sampler's streams: a key per world (its hashed seed) and its episode counter
+        entropy = np.random.SeedSequence().generate_state(n, np.uint32).astype(np.int64)
+        self._keys = xp.asarray(entropy, device=ops.device)
+        self._episode = xp.full((n,), -1, dtype=ops.int64, device=ops.device)
+        self._any_noise = False
         self._loaded = False
 
         # rendering constants
@@ -229,28 +300,111 @@ class BatchedDrivingEnv(VectorEnv):
         self.difficulty = D.get_difficulty(difficulty)
 
     # ---- episodes ------------------------------------------------------------------------------
-    def _load(self, idx: list) -> None:
-        """Draw new scenarios for worlds ``idx`` (each from its own Generator) and reset them."""
-        if not idx:
-            return
-        scs = [D.sample_scenario(self._rngs[i], self.difficulty, self.num_lanes, self._fixed[i]) for i in idx]
+    def _load(self, mask) -> None:
+        """Draw new scenarios for the worlds where ``mask`` is true and reset them."""
         noise = self.difficulty.action_noise
-        floats = np.stack([np.concatenate([[D.lane_centre(sc.start_lane), 0.0, sc.ego_speed, 0.0, sc.stop_line_y,
-                                            0.0, noise, 0.0, 0.0], sc.npc_x, sc.npc_y, sc.npc_v]) for sc in scs])
-        ints = np.array([[sc.instruction, sc.start_lane, 0] for sc in scs])
-        xp, ops = self.ops.xp, self.ops
-        rows = xp.asarray(idx, device=ops.device)
-        self._floats[rows] = xp.asarray(floats, dtype=ops.float, device=ops.device)
-        self._ints[rows] = xp.asarray(ints, dtype=ops.int64, device=ops.device)
-        self._flags[rows] = False
-        self._any_noise = noise > 0 or bool((self.noise > 0).any())
+        if self.sampler == "batched":
+            floats, ints = self._sample_batched()
+            self._floats[...] = self.ops.xp.where(mask[:, None], floats, self._floats)
+            self._ints[...] = self.ops.xp.where(mask[:, None], ints, self._ints)
+            self._flags[...] = self._flags & ~mask[:, None]
+        else:
+            idx = self._indices(mask)
+            if not idx:
+                return
+            scs = [D.sample_scenario(self._rngs[i], self.difficulty, self.num_lanes,
+                                     None if int(self._fixed[i]) < 0 else int(self._fixed[i])) for i in idx]
+            floats = np.stack([np.concatenate([[D.lane_centre(sc.start_lane), 0.0, sc.ego_speed, 0.0, sc.stop_line_y,
+                                                0.0, noise, 0.0, 0.0], sc.npc_x, sc.npc_y, sc.npc_v]) for sc in scs])
+            ints = np.array([[sc.instruction, sc.start_lane, 0] for sc in scs])
+            xp, ops = self.ops.xp, self.ops
+            rows = xp.asarray(idx, device=ops.device)
+            self._floats[rows] = xp.asarray(floats, dtype=ops.float, device=ops.device)
+            self._ints[rows] = xp.asarray(ints, dtype=ops.int64, device=ops.device)
+            self._flags[rows] = False
+        # (a device sync only while some world still drives with noise)
+        self._any_noise = noise > 0 or (self._any_noise and bool((self.noise > 0).any()))
         self._refresh()
+
+    def _sample_batched(self):
+        """Every world's next scenario from its counter-based stream (advancing its episode counter
+        is the caller's business): the rows ``_load`` writes, as :func:`sample_scenario` lays them out."""
+        xp, ops, diff = self.ops.xp, self.ops, self.difficulty
+        n, lanes, per = self.num_envs, self.num_lanes, D.MAX_CARS_PER_LANE
+        block = 3 + per  # draws per other lane: speed, car count, phase, jitters
+        u = uniform_draws(self._keys, self._episode, 0, _SCENARIO_HEAD + (lanes - 1) * block, xp, ops.float)
+        uni = lambda col, lo, hi: lo + (hi - lo) * u[:, col]  # noqa: E731
+        sampled = ops.to_int(xp.floor(u[:, 0] * len(D.INSTRUCTIONS)))
+        instruction = xp.where(self._fixed >= 0, self._fixed, sampled)
+        start_lane = 1 + ops.to_int(xp.floor(u[:, 1] * (lanes - 2)))  # an inner lane
+        ego_speed, lead_gap = uni(2, 5.0, 8.0), uni(3, 10.0, 18.0)
+        lead_speed, stop_line_y = uni(4, *diff.lead_speed), D.CAR_LENGTH / 2 + uni(5, 30.0, 45.0)
+        k = D.max_cars(lanes)
+        npc_x = xp.full((n, k), D.UNUSED_X, dtype=ops.float, device=ops.device)
+        npc_y = xp.zeros((n, k), dtype=ops.float, device=ops.device)
+        npc_v = xp.zeros((n, k), dtype=ops.float, device=ops.device)
+        npc_x[:, 0] = self._lane_centres[start_lane]
+        npc_y[:, 0], npc_v[:, 0] = lead_gap + D.CAR_LENGTH, lead_speed
+        lo, hi = diff.cars_per_lane
+        slot = xp.arange(per, device=ops.device)
+        for b in range(lanes - 1):  # the other lanes, left to right (a loop over lanes, not worlds)
+            c = _SCENARIO_HEAD + b * block
+            lane = b + (b >= start_lane)  # skip the start lane
+            speed = uni(c, *diff.lane_speed)
+            count = lo + ops.to_int(xp.floor(u[:, c + 1] * (hi - lo + 1)))
+            phase = uni(c + 2, 0.0, D.TRAFFIC_RING)
+            spacing = D.TRAFFIC_RING / xp.asarray(count, dtype=ops.float)
+            jitter = (u[:, c + 3:c + 3 + per] - 0.5) * 0.5 * (spacing - 2 * D.CAR_LENGTH)[:, None]
+            ys = phase[:, None] + slot * spacing[:, None] + jitter
+            ys = (ys + D.RING_BEHIND) % D.TRAFFIC_RING - D.RING_BEHIND
+            used = slot[None, :] < count[:, None]
+            cols = slice(1 + b * per, 1 + (b + 1) * per)
+            npc_x[:, cols] = xp.where(used, self._lane_centres[lane][:, None], D.UNUSED_X)
+            npc_y[:, cols] = xp.where(used, ys, 0.0)
+            npc_v[:, cols] = xp.where(used, speed[:, None], 0.0)
+        zero = xp.zeros(n, dtype=ops.float, device=ops.device)
+        floats = xp.concatenate([xp.stack([self._lane_centres[start_lane], zero, ego_speed, zero, stop_line_y, zero,
+                                           zero + self.difficulty.action_noise, zero, zero], 1),
+                                 npc_x, npc_y, npc_v], 1)
+        ints = xp.stack([instruction, start_lane, xp.zeros_like(start_lane)], 1)
+        return floats, ints
+
+    def _action_noise(self, active):
+        """Gaussian action noise ``N(0, noise^2)`` for the worlds ``active`` (zeros elsewhere)."""
+        xp, ops = self.ops.xp, self.ops
+        if self.sampler == "batched":  # Box-Muller on draws (step t, 0..3) of the world's episode stream
+            counter = self._episode * 4096 + self.steps  # (episodes are far shorter than 4096 steps)
+            u = uniform_draws(self._keys, counter, _NOISE_DRAWS, 4, xp, ops.float)
+            radius = xp.sqrt(-2.0 * xp.log(1.0 - u[:, :2]))
+            z = radius * xp.cos(2 * np.pi * u[:, 2:])
+            return xp.where(active[:, None], z * self.noise[:, None], 0.0)
+        active, noise = ops.to_numpy(active), np.zeros((self.num_envs, 2))
+        for i, std in enumerate(ops.to_numpy(self.noise)):  # the same draws as DrivingEnv
+            if std > 0 and active[i]:
+                noise[i] = self._rngs[i].normal(0.0, std, 2)
+        return xp.asarray(noise, dtype=ops.float, device=ops.device)
 
     def _indices(self, mask) -> list:
         """Python list of the worlds where ``mask`` is true."""
         return np.flatnonzero(self.ops.to_numpy(mask)).tolist()
 
+    def _as_mask(self, value):
+        """A (num_envs,) boolean array of the backend from a list, numpy array or tensor."""
+        xp, ops = self.ops.xp, self.ops
+        if isinstance(value, torch.Tensor):
+            value = value.detach().to(ops.device, torch.bool) if xp is torch else value.detach().cpu().numpy()
+        mask = xp.asarray(value, device=ops.device) if xp is torch else np.asarray(value)
+        mask = mask != 0
+        if tuple(mask.shape) != (self.num_envs,):
+            raise ConfigError(f"reset_mask must have one entry per env ({self.num_envs}), got shape {tuple(mask.shape)}")
+        return mask
+
     def reset(self, *, seed=None, options: Optional[dict] = None):
+        """Start new episodes in every world, or in the worlds of ``options["reset_mask"]``.
+
+        ``seed``: an int (world ``i`` gets ``seed + i``) or one seed per world (None entries: fresh
+        entropy); worlds given the same seed start the same scenario. Options: ``instruction`` (a
+        text or index for all worlds, or one per world), ``difficulty``, ``reset_mask``."""
         options = dict(options or {})
         unknown = set(options) - {"instruction", "difficulty", "reset_mask"}
         if unknown:
@@ -258,26 +412,44 @@ class BatchedDrivingEnv(VectorEnv):
                               "use 'instruction', 'difficulty' and/or 'reset_mask'")
         if "difficulty" in options:
             self.set_difficulty(options["difficulty"])
+        xp, ops = self.ops.xp, self.ops
         mask = options.get("reset_mask")
-        idx = list(range(self.num_envs)) if mask is None else [int(i) for i in np.flatnonzero(np.asarray(mask))]
+        mask = xp.ones(self.num_envs, dtype=self._flags.dtype, device=ops.device) if mask is None else self._as_mask(mask)
         if seed is not None:
-            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, (int, np.integer)) else list(seed)
-            if len(seeds) != self.num_envs:
-                raise ConfigError(f"seed list has {len(seeds)} entries for {self.num_envs} envs")
-            for i in idx:
-                self._rngs[i] = seeding.np_random(None if seeds[i] is None else int(seeds[i]))[0]
+            if isinstance(seed, (int, np.integer)):
+                seeds = int(seed) + np.arange(self.num_envs, dtype=np.int64)
+            else:
+                seeds = list(seed.tolist() if hasattr(seed, "tolist") else seed)
+                if len(seeds) != self.num_envs:
+                    raise ConfigError(f"seed list has {len(seeds)} entries for {self.num_envs} envs")
+            if self.sampler == "batched":
+                fresh = np.random.SeedSequence().generate_state(self.num_envs, np.uint32)
+                seeds = [int(f) + (1 << 40) if s is None else int(s) for s, f in zip(seeds, fresh)] \
+                    if not isinstance(seeds, np.ndarray) else seeds
+                keys = xp.asarray(seed_keys(seeds), device=ops.device)
+                self._keys[...] = xp.where(mask, keys, self._keys)
+                self._episode[...] = xp.where(mask, -1, self._episode)
+            else:
+                for i in self._indices(mask):
+                    self._rngs[i] = seeding.np_random(None if seeds[i] is None else int(seeds[i]))[0]
         if "instruction" in options:
             ins = options["instruction"]
             ins = [ins] * self.num_envs if ins is None or isinstance(ins, (str, int)) else list(ins)
             if len(ins) != self.num_envs:
                 raise ConfigError(f"instruction list has {len(ins)} entries for {self.num_envs} envs")
-            for i in idx:
-                self._fixed[i] = None if ins[i] is None else D.instruction_id(ins[i])
-        self._load(idx)
+            ids = xp.asarray([-1 if x is None else D.instruction_id(x) for x in ins], dtype=ops.int64, device=ops.device)
+            self._fixed[...] = xp.where(mask, ids, self._fixed)
+        self._start_episodes(mask)
         self._loaded = True
         no = self.ops.copy(self._needs_reset) & False
         info = self._info(no, no, {k: self._batch(0.0) for k in D.REWARD_TERMS})
         return self._out(self._observation()), self._out(info)
+
+    def _start_episodes(self, mask) -> None:
+        """Count a new episode of the worlds ``mask`` (their next stream) and load its scenario."""
+        if self.sampler == "batched":
+            self._episode += mask
+        self._load(mask)
 
     def step(self, actions):
         if not self._loaded:
@@ -295,13 +467,8 @@ class BatchedDrivingEnv(VectorEnv):
         next_step = self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
         resetting = ops.copy(self._needs_reset) if next_step else self._needs_reset & False
         executed = a
-        if self._any_noise:  # the same draws as DrivingEnv, from each world's Generator
-            active = ~ops.to_numpy(resetting)
-            noise = np.zeros((self.num_envs, 2))
-            for i, std in enumerate(ops.to_numpy(self.noise)):
-                if std > 0 and active[i]:
-                    noise[i] = self._rngs[i].normal(0.0, std, 2)
-            executed = ops.clip(a + xp.asarray(noise, dtype=ops.float, device=ops.device), -1.0, 1.0)
+        if self._any_noise:
+            executed = ops.clip(a + self._action_noise(~resetting), -1.0, 1.0)
 
         # 1. ego cars: kinematic bicycle, semi-implicit Euler (as DrivingEnv.step), in place
         steer, accel = executed[:, 0], executed[:, 1]
@@ -332,7 +499,7 @@ class BatchedDrivingEnv(VectorEnv):
         truncated = ~terminated & (self.steps >= self.max_episode_steps)
 
         if resetting.any():  # NEXT_STEP: these worlds only reset this step
-            self._load(self._indices(resetting))
+            self._start_episodes(resetting)
             for array in (reward, terminated, truncated, collision, success, *terms.values()):
                 array[resetting] = 0
         info = self._info(collision, success, terms)  # before a SAME_STEP reset: the finished step
@@ -341,7 +508,7 @@ class BatchedDrivingEnv(VectorEnv):
             self._needs_reset[...] = done
         elif done.any():  # SAME_STEP: keep the last observation, start the next episode at once
             info["final_obs"], info["_final_obs"] = self._observation(), done
-            self._load(self._indices(done))
+            self._start_episodes(done)
         return (self._out(self._observation()), self._out(ops.xp.asarray(reward, dtype=ops.float32)),
                 self._out(terminated), self._out(truncated), self._out(info))
 
@@ -494,7 +661,11 @@ class BatchedDrivingEnv(VectorEnv):
                                       dtype=self.ops.uint8, device=self.ops.device)
         return {"image": image, "instruction": self._instructions(), "state": self._state()}
 
-    def _instructions(self) -> tuple:
+    def _instructions(self):
+        """The worlds' instructions: a tuple of strings, or with ``return_tensors="torch"`` an
+        :class:`~vla_rl_lib.envs.text.IndexedText` over the task indices (no host copy)."""
+        if self.return_tensors == "torch":
+            return IndexedText(self.ops.to_torch(self.ops.copy(self.task)), D.INSTRUCTIONS)
         return tuple(map(D.INSTRUCTIONS.__getitem__, self.ops.to_numpy(self.task).tolist()))
 
     def _info(self, collision, success, terms):

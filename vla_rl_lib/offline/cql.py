@@ -134,6 +134,7 @@ class CQLTrainer(ActorCriticOfflineTrainer):
     """
 
     algorithm = "cql"
+    compile_retains_graphs = True  # compiled, its temperature and actor losses share one forward (compile.py)
     Hyperparameters = CQLHyperparameters
 
     def __init__(self, obs_dim: int, action_dim: int, config: Optional[OfflineRLConfig] = None, callbacks=None,

@@ -257,10 +257,9 @@ class EpisodeSequenceSampler:
     def __len__(self) -> int:
         return int(self.observations.shape[0])
 
-    def state_stats(self) -> tuple[np.ndarray, np.ndarray]:
+    def state_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         obs = self.observations.double()
-        return (obs.mean(0).float().cpu().numpy(),
-                (obs.std(0, unbiased=False) + STATE_STD_EPS).float().cpu().numpy())
+        return obs.mean(0).float(), (obs.std(0, unbiased=False) + STATE_STD_EPS).float()
 
     def sample(self, batch_size: int, generator: Optional[torch.Generator] = None) -> dict:
         gen_dev = generator.device if generator is not None else torch.device("cpu")

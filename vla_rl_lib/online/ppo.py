@@ -51,9 +51,10 @@ import torch.nn.functional as F
 from vla_rl_lib.config import RLConfig
 from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.nets import ValueNetwork, without_distribution_checks
-from vla_rl_lib.online.rollout import (autoreset_mode, check_policy, compute_gae, explained_variance,
-                                       final_observations, index_obs, make_adam, obs_to_tensor, resolve_policy,
-                                       RewardScaler, RolloutBuffer, rollout_envs, RunningMeanStd, slice_obs)
+from vla_rl_lib.online.rollout import (autoreset_mode, check_policy, compute_gae, EpisodeStats, explained_variance,
+                                       final_observations, holds_tensors, index_obs, make_adam, obs_to_tensor,
+                                       resolve_policy, RewardScaler, RolloutBuffer, rollout_envs, RunningMeanStd,
+                                       slice_obs, to_device)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["PPOTrainer", "clipped_surrogate", "value_loss"]
@@ -126,6 +127,7 @@ class PPOTrainer(OnlineTrainer):
         self.envs = rollout_envs(self.envs, env, self.env_id, self._make_env)
         cfg = self.config
         policy = resolve_policy(policy, cfg, self.device, self.observation_space, self.action_space)
+        self.episodes = EpisodeStats(self.num_envs, self.device)
         self._reset_envs()
         check_policy(policy, self.observation_space, self.action_space, self.device,
                      example_obs=index_obs(self._next_obs, [0]))
@@ -154,8 +156,10 @@ class PPOTrainer(OnlineTrainer):
             if not isinstance(self.observation_space, gym.spaces.Box) or not hasattr(policy, "set_obs_normalization"):
                 raise IncompatibleError("ppo_normalize_obs needs Box observations and a policy with "
                                         "set_obs_normalization (the kit's MLP policies)")
-            self.obs_rms = RunningMeanStd(self.observation_space.shape)
-        self.reward_scaler = RewardScaler(self.num_envs, cfg.discount_gamma) if cfg.ppo_normalize_reward else None
+            self.obs_rms = RunningMeanStd(self.observation_space.shape).to(self.device)
+        self.reward_scaler = None
+        if cfg.ppo_normalize_reward:
+            self.reward_scaler = RewardScaler(self.num_envs, cfg.discount_gamma).to(self.device)
 
         self.minibatch_generator = torch.Generator().manual_seed(cfg.seed)
         action_shape = () if self.discrete else tuple(self.action_space.shape)
@@ -163,6 +167,8 @@ class PPOTrainer(OnlineTrainer):
         self._autoreset = autoreset_mode(self.envs)
         if isinstance(self.action_space, gym.spaces.Box):
             self._low, self._high = self.action_space.low, self.action_space.high
+            self._low_t = torch.as_tensor(self._low, dtype=torch.float32, device=self.device)
+            self._high_t = torch.as_tensor(self._high, dtype=torch.float32, device=self.device)
 
     # ------------------------------------------------------------------------------------------
     # acting
@@ -188,7 +194,11 @@ class PPOTrainer(OnlineTrainer):
             values = self._value(obs)
         return log_probs.reshape(-1), entropy.reshape(-1), values.reshape(-1)
 
-    def _env_actions(self, actions: torch.Tensor) -> np.ndarray:
+    def _env_actions(self, actions: torch.Tensor):
+        """The actions the env is stepped with: tensors on the device for an env that returns tensors
+        (no host copy), else numpy."""
+        if self._tensor_env:
+            return actions.reshape(-1) if self.discrete else torch.clamp(actions, self._low_t, self._high_t)
         a = actions.cpu().numpy()
         if self.discrete:
             return a.reshape(-1).astype(np.int64)
@@ -207,9 +217,10 @@ class PPOTrainer(OnlineTrainer):
     def _reset_envs(self) -> None:
         """Start fresh episodes (at construction and after loading a checkpoint)."""
         self._next_obs, _ = self.envs.reset(seed=self.config.seed + self.global_step)
-        self._after_done = np.zeros(self.num_envs, dtype=bool)  # NEXT_STEP: the next step is a reset step
-        self._episode_returns[:] = 0.0
-        self._episode_lengths[:] = 0
+        self._tensor_env = holds_tensors(self._next_obs)
+        # NEXT_STEP: the next step is a reset step
+        self._after_done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self.episodes.reset()
         if getattr(self, "reward_scaler", None) is not None:
             self.reward_scaler.returns.zero_()
 
@@ -233,30 +244,35 @@ class PPOTrainer(OnlineTrainer):
         # (the same network and parameters as during the rollout), not in one small pass per step.
         late_values = self.value_net is not None
         obs = self._next_obs
+        # Everything below stays on the device: an env that returns tensors is stepped with tensors,
+        # and a numpy env's rewards and flags are copied to the device once per step.
         for t in range(cfg.rollout_steps):
             obs_t = obs_to_tensor(obs, self.device)
             actions, log_probs, values = self._act(obs_t, with_value=not late_values)
             next_obs, rewards, terminated, truncated, infos = self.envs.step(self._env_actions(actions))
-            terminated, truncated = np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool)
+            rewards = to_device(rewards, self.device, torch.float32)
+            terminated = to_device(terminated, self.device, torch.bool)
+            truncated = to_device(truncated, self.device, torch.bool)
             dones = terminated | truncated
             valid = ~self._after_done
             if self.obs_rms is not None:
-                self.obs_rms.update(np.asarray(obs)[valid])
-            self.record_step(rewards, dones)
-            if not valid.all():  # reset steps are not transitions: undo their length count
-                self._episode_lengths[~valid] -= 1
+                self.obs_rms.update(obs_t, valid)
+            self.episodes.step(rewards, dones, valid)  # reset steps are not transitions: no length
             train_rewards = rewards if self.reward_scaler is None else self.reward_scaler(rewards, dones, valid)
             if same_step:
-                cut = np.flatnonzero(truncated & ~terminated)
-                if len(cut):  # bootstrap from the true final observation
+                cut = truncated & ~terminated
+                if bool(cut.any()):  # bootstrap from the true final observation (one sync per step)
+                    cut = torch.nonzero(cut).squeeze(1)
                     final = final_observations(infos, cut)
                     final_values[t, cut] = self._value(obs_to_tensor(final, self.device))
                     has_final[t, cut] = True
             else:
-                self._after_done = dones.copy()
+                self._after_done = dones
                 dones = dones | ~valid  # the reset step ends nothing that follows it
             buf.add(obs_t, actions, log_probs, values, train_rewards, terminated & valid, dones, valid)
             obs = next_obs
+        for episode_return, length in self.episodes.finished():  # one host copy per rollout
+            self.record_episode(episode_return, length)
         self._next_obs = obs
         buf.finish()
         last_obs = obs_to_tensor(obs, self.device)

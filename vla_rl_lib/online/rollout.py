@@ -1,9 +1,13 @@
 """Shared machinery of the on-policy methods (PPO, GRPO): observations, rollouts, GAE, normalisers.
 
-* ``stack_obs`` / ``concat_obs`` / ``index_obs`` / ``slice_obs`` / ``obs_to_tensor``: observations are numpy arrays or
-  dicts (the driving simulator's ``{"image", "instruction", "state"}``) whose string entries stay
-  lists of strings; the policy receives batched tensors (and lists of strings) and batches them its
-  own way.
+* ``stack_obs`` / ``concat_obs`` / ``index_obs`` / ``slice_obs`` / ``obs_to_tensor``: observations are numpy arrays,
+  tensors or dicts of them (the driving simulator's ``{"image", "instruction", "state"}``) whose string
+  entries stay lists of strings (or :class:`~vla_rl_lib.envs.text.IndexedText`, indices into a few
+  texts, which stay on the device); the policy receives batched tensors (and texts) and batches
+  them its own way.
+* An env that returns torch tensors (``holds_tensors``) keeps the whole rollout on its device:
+  it is stepped with tensors, and rewards, flags, episode statistics (``EpisodeStats``) and the
+  running normalisers never go through numpy.
 * ``RolloutBuffer``: one PPO rollout of ``rollout_steps x num_envs`` transitions, with the masks
   that gymnasium 1.x autoreset needs.
 * ``compute_gae``: generalised advantage estimation that bootstraps on truncation, not on termination.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -33,6 +37,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
+from vla_rl_lib.envs.text import IndexedText
 from vla_rl_lib.errors import IncompatibleError, MissingDependencyError
 from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, DistributionPolicy, GaussianPolicy, Policy, adam
 
@@ -66,6 +71,8 @@ def concat_obs(batches: Sequence[Obs]) -> Obs:
     first = batches[0]
     if isinstance(first, dict):
         return {k: concat_obs([b[k] for b in batches]) for k in first}
+    if isinstance(first, IndexedText):
+        return IndexedText.concat(batches)
     if _is_text(first):
         return [str(s) for b in batches for s in b]
     if isinstance(first, torch.Tensor):
@@ -93,13 +100,32 @@ def slice_obs(obs: Obs, start: int, stop: int) -> Obs:
 
 
 def final_observations(infos: dict, idx) -> Obs:
-    """True final observations of the envs ``idx`` from a SAME_STEP vector env's ``infos["final_obs"]``:
-    an object array of per-env observations (gymnasium's vector envs) or a dict of batched arrays
-    (the kit's batched driving simulator)."""
+    """True final observations of the envs ``idx`` (a list, array or tensor of indices) from a
+    SAME_STEP vector env's ``infos["final_obs"]``: an object array of per-env observations
+    (gymnasium's vector envs) or a dict of batched arrays or tensors (the kit's batched driving simulator)."""
     final = infos["final_obs"]
+    if isinstance(final, dict) and holds_tensors(final):
+        return index_obs(final, idx if isinstance(idx, torch.Tensor) else torch.as_tensor(idx))
+    idx = idx.tolist() if isinstance(idx, torch.Tensor) else idx
     if isinstance(final, dict):
-        return index_obs(final, np.asarray(idx))
+        return index_obs(final, np.asarray(idx, dtype=np.int64))
     return stack_obs([final[i] for i in idx])
+
+
+def holds_tensors(obs: Obs) -> bool:
+    """Whether an observation (or a dict of them) is made of torch tensors: the env runs in torch
+    (e.g. ``BatchedDrivingEnv(return_tensors="torch")``) and the rollout stays on its device."""
+    if isinstance(obs, dict):
+        return any(holds_tensors(v) for v in obs.values())
+    return isinstance(obs, torch.Tensor)
+
+
+def to_device(value, device, dtype: torch.dtype) -> torch.Tensor:
+    """A step's rewards or flags as a tensor on ``device``: a tensor is moved (no host copy),
+    a numpy array or list is copied once."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype)
+    return torch.as_tensor(np.asarray(value), device=device).to(dtype)
 
 
 def obs_to_tensor(obs: Obs, device) -> Obs:
@@ -108,6 +134,8 @@ def obs_to_tensor(obs: Obs, device) -> Obs:
         return torch.as_tensor(obs, device=device)
     if isinstance(obs, dict):
         return {k: obs_to_tensor(v, device) for k, v in obs.items()}
+    if isinstance(obs, IndexedText):  # instructions as indices: moved with the tensors
+        return obs.to(device)
     if _is_text(obs):
         return [str(s) for s in (obs if not isinstance(obs, str) else [obs])]
     if isinstance(obs, torch.Tensor):
@@ -122,6 +150,8 @@ def same_obs(a: Obs, b: Obs) -> bool:
     """Whether two observations are equal (used to check that ``reset(seed=s)`` is reproducible)."""
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same_obs(a[k], b[k]) for k in a)
+    if isinstance(a, IndexedText) or isinstance(b, IndexedText):
+        return list(a) == list(b)
     if _is_text(a):
         return list(np.atleast_1d(a)) == list(np.atleast_1d(b))
     return np.array_equal(np.asarray(a), np.asarray(b))
@@ -260,15 +290,12 @@ class RolloutBuffer:
         self.terminations = torch.zeros((t, n), device=device)
         self.dones = torch.zeros((t, n), device=device)
         self.valid = torch.ones((t, n), dtype=torch.bool, device=device)
-        # per-step numpy values are staged here and moved to torch once per rollout (finish)
-        self._np = {k: np.zeros((t, n), dtype=np.float32) for k in ("rewards", "terminations", "dones")}
-        self._np["valid"] = np.ones((t, n), dtype=bool)
         self._steps: list[tuple] = []
         self.pos = 0
 
     def reset(self) -> None:
         self.obs = [] if self._obs_storage is None else self._obs_storage
-        self._np["valid"].fill(True)
+        self.valid.fill_(True)
         self.next_values.zero_()
         self._steps = []
         self.pos = 0
@@ -289,18 +316,19 @@ class RolloutBuffer:
         self.obs.append(obs)
 
     def add(self, obs: Obs, actions, log_probs, values, rewards, terminations, dones, valid) -> None:
+        """Store step ``t``: every argument a tensor on the rollout's device (no host copy)."""
         t = self.pos
         self._store_obs(t, obs)
         self._steps.append((actions, log_probs, values))  # stacked into the tensors by finish()
-        self._np["rewards"][t] = rewards
-        self._np["terminations"][t] = terminations
-        self._np["dones"][t] = dones
-        self._np["valid"][t] = valid
+        self.rewards[t] = rewards
+        self.terminations[t] = terminations
+        self.dones[t] = dones
+        self.valid[t] = valid
         self.pos += 1
 
     def finish(self) -> None:
-        """Move the staged actions, log-probabilities, values, rewards and flags into the rollout's
-        tensors (call after the last ``add``)."""
+        """Move the staged actions, log-probabilities and values into the rollout's tensors (call
+        after the last ``add``)."""
         actions, log_probs, values = zip(*self._steps)
         t, n = self.pos, self.num_envs
         self.actions[:t] = torch.stack(actions).reshape(t, *self.actions.shape[1:])
@@ -308,8 +336,6 @@ class RolloutBuffer:
         if values[0] is not None:  # (else the trainer fills them in after the rollout)
             self.values[:t] = torch.stack(values).reshape(t, n)
         self._steps = []
-        for name, array in self._np.items():
-            getattr(self, name).copy_(torch.from_numpy(array))
 
     def flat_obs(self) -> Obs:
         """All observations, time-major flattened to ``steps * num_envs`` rows (tensors on device)."""
@@ -334,9 +360,17 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.tensor(float(epsilon), dtype=torch.float64))
 
     @torch.no_grad()
-    def update(self, x) -> None:
-        x = torch.as_tensor(np.asarray(x), dtype=torch.float64).reshape(-1, *self.mean.shape)
-        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+    def update(self, x, mask: Optional[torch.Tensor] = None) -> None:
+        """Add the rows of ``x`` (where ``mask`` is true) to the statistics, on their device and
+        without a host sync (no rows: nothing changes)."""
+        x = (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)))
+        x = x.to(self.mean.device, torch.float64).reshape(-1, *self.mean.shape)
+        w = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if mask is None \
+            else mask.to(x.device, torch.float64).reshape(-1)
+        n = w.sum()
+        w = w.reshape(-1, *([1] * len(self.mean.shape)))
+        batch_mean = (x * w).sum(0) / n.clamp_min(1.0)
+        batch_var = ((x - batch_mean).pow(2) * w).sum(0) / n.clamp_min(1.0)
         delta = batch_mean - self.mean
         total = self.count + n
         self.mean += delta * n / total
@@ -361,14 +395,48 @@ class RewardScaler(nn.Module):
         self.gamma, self.epsilon = float(gamma), float(epsilon)
 
     @torch.no_grad()
-    def __call__(self, rewards, dones, valid=None) -> np.ndarray:
-        r = torch.as_tensor(np.asarray(rewards), dtype=torch.float64)
-        keep = torch.ones_like(r, dtype=torch.bool) if valid is None else torch.as_tensor(np.asarray(valid))
+    def __call__(self, rewards: torch.Tensor, dones: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scaled rewards (float32, on the rewards' device); ``valid=False`` rows (reset steps) are left out."""
+        device = self.returns.device
+        r = to_device(rewards, device, torch.float64)
+        keep = torch.ones_like(r, dtype=torch.bool) if valid is None else to_device(valid, device, torch.bool)
         self.returns.copy_(torch.where(keep, self.returns * self.gamma + r, self.returns))
-        if keep.any():
-            self.rms.update(self.returns[keep])
-        self.returns[torch.as_tensor(np.asarray(dones), dtype=torch.bool)] = 0.0
-        return (r / torch.sqrt(self.rms.var + self.epsilon)).numpy()
+        self.rms.update(self.returns, keep)
+        self.returns.masked_fill_(to_device(dones, device, torch.bool), 0.0)
+        return (r / torch.sqrt(self.rms.var + self.epsilon)).float()
+
+
+class EpisodeStats:
+    """Returns and lengths of the training episodes, counted on the rollout's device.
+
+    ``step`` adds one step of every env (reset steps, ``valid=False``, add no length) and keeps
+    the totals of the episodes that ended; ``finished`` hands them to the host once per rollout,
+    as ``[(return, length), ...]`` in the order they ended."""
+
+    def __init__(self, num_envs: int, device):
+        self.returns = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.lengths = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self._ended: list[tuple] = []
+
+    def reset(self) -> None:
+        self.returns.zero_()
+        self.lengths.zero_()
+        self._ended = []
+
+    def step(self, rewards: torch.Tensor, dones: torch.Tensor, valid: torch.Tensor) -> None:
+        self.returns += rewards
+        self.lengths += valid
+        self._ended.append((dones, torch.stack([self.returns, self.lengths], 1)))
+        self.returns.masked_fill_(dones, 0.0)
+        self.lengths.masked_fill_(dones, 0.0)
+
+    def finished(self) -> list:
+        if not self._ended:
+            return []
+        dones, totals = zip(*self._ended)
+        self._ended = []
+        ended = torch.stack(totals)[torch.stack(dones)]  # (episodes, 2): step-major, then env
+        return [(ret, int(length)) for ret, length in ended.cpu().tolist()]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, RLConfig, hp
-from vla_rl_lib.errors import IncompatibleError
+from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import QEnsemble, TanhGaussianPolicy, adam, soft_update
 from vla_rl_lib.online.replay import ReplayBuffer
 from vla_rl_lib.trainer import OnlineTrainer
@@ -122,6 +122,13 @@ class _RecordReset(gym.Wrapper):
 # ----------------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------------
+def host_array(value, dtype) -> np.ndarray:
+    """A numpy array of ``value``: tensors (on any device) are copied explicitly, never through ``np.asarray``."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy().astype(dtype, copy=False)
+    return np.asarray(value, dtype=dtype)
+
+
 class SACTrainer(OnlineTrainer):
     """Soft Actor-Critic on gymnasium environments with continuous (Box) actions.
 
@@ -132,6 +139,7 @@ class SACTrainer(OnlineTrainer):
     """
 
     algorithm = "sac"
+    compile_retains_graphs = True  # compiled, its critic and actor losses share one forward (compile.py)
     Hyperparameters = SACHyperparameters
     _checkpoint_exclude = ("_given_policy", "critic_params")
 
@@ -180,6 +188,10 @@ class SACTrainer(OnlineTrainer):
 
         # -- temperature -------------------------------------------------------------------------
         self.auto_alpha = cfg.alpha == "auto"
+        if self.auto_alpha and cfg.compile:
+            raise ConfigError("RLConfig(compile=True) with alpha='auto' is not supported: compiled, the temperature's "
+                              "and the actor's backward passes share one graph and the losses drift from the eager "
+                              "update's; use a fixed alpha (e.g. alpha=0.2) with compile=True, or compile=False")
         if self.auto_alpha:
             self.target_entropy = float(-act_dim if self.hparams.target_entropy is None else self.hparams.target_entropy)
             self.log_alpha = torch.tensor(float(np.log(self.hparams.initial_alpha)), device=self.device,
@@ -259,7 +271,7 @@ class SACTrainer(OnlineTrainer):
     # ------------------------------------------------------------------------------------------
     def _reset_envs(self) -> None:
         obs, _ = self.envs.reset(seed=self.config.seed)
-        self._obs = np.asarray(obs, dtype=np.float32)
+        self._obs = host_array(obs, np.float32)
         self._skip[:] = False
 
     @torch.no_grad()
@@ -283,10 +295,10 @@ class SACTrainer(OnlineTrainer):
         obs = self._obs
         actions = self._act(obs)
         next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-        next_obs = np.asarray(next_obs, dtype=np.float32)
-        rewards = np.asarray(rewards, dtype=np.float32)
-        terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool)
+        # SAC's replay buffer lives in host memory: an env returning tensors (on any device) is
+        # copied over here, once per step and explicitly
+        next_obs, rewards = host_array(next_obs, np.float32), host_array(rewards, np.float32)
+        terminated, truncated = host_array(terminated, bool), host_array(truncated, bool)
         dones = terminated | truncated
         flat_actions = actions.reshape(self.num_envs, -1)
         if self._autoreset is gym.vector.AutoresetMode.SAME_STEP:
@@ -294,8 +306,8 @@ class SACTrainer(OnlineTrainer):
             if dones.any():  # the finished episodes' last observations; next_obs holds the resets
                 real_next = next_obs.copy()
                 final = infos["final_obs"]
-                for i in np.flatnonzero(infos.get("_final_obs", dones)):
-                    real_next[i] = final[i]
+                for i in np.flatnonzero(host_array(infos.get("_final_obs", dones), bool)):
+                    real_next[i] = host_array(final[i], np.float32)
             self.replay_buffer.add(obs, flat_actions, rewards, real_next, terminated, truncated & ~terminated)
             self.record_step(rewards, dones)
             taken = self.num_envs
@@ -321,10 +333,10 @@ class SACTrainer(OnlineTrainer):
         """``gradient_steps`` updates once more than ``learning_starts`` env steps were taken."""
         if self.global_step <= self.config.learning_starts or self.replay_buffer.size < self._min_rows:
             return {}
-        metrics = None
+        metrics, update = None, self.update_function()
         for _ in range(self.config.gradient_steps):
             batch = self.replay_buffer.sample(self.config.batch_size, generator=self.sample_generator)
-            metrics = self.update(batch)
+            metrics = update(batch)
         return metrics
 
     def update(self, batch: dict) -> dict:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.distributions import Categorical, Normal
 
+from vla_rl_lib.envs.text import IndexedText
 from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.nets import Policy
 from vla_rl_lib.vla.model import VLAModel
@@ -79,8 +80,13 @@ class VLAPolicy(Policy):
         self.to(model.device)
 
     def _unit_bounds(self) -> bool:
-        # exact identity for [-1, 1] bounds, so bin centres stay bin centres (bounds may be set later)
-        return bool((self.action_low == -1).all() and (self.action_high == 1).all())
+        # exact identity for [-1, 1] bounds, so bin centres stay bin centres (bounds may be set later).
+        # Cached until the bounds change (their version counters move): no device sync per step.
+        low, high = self.action_low, self.action_high
+        key = (low.data_ptr(), low._version, high.data_ptr(), high._version)
+        if getattr(self, "_unit_key", None) != key:
+            self._unit_key, self._unit = key, bool((low == -1).all() and (high == 1).all())
+        return self._unit
 
     def scale_action(self, unit_action: torch.Tensor) -> torch.Tensor:
         return unit_action if self._unit_bounds() else super().scale_action(unit_action)
@@ -92,6 +98,10 @@ class VLAPolicy(Policy):
     def _instruction_ids(self, text, batch: int) -> torch.Tensor:
         if isinstance(text, torch.Tensor) and text.dtype in (torch.int64, torch.int32):
             return text  # already token ids
+        if isinstance(text, IndexedText):  # indices into a few texts (the batched simulator): one gather
+            if len(text) != batch:
+                raise IncompatibleError(f"{batch} images but {len(text)} instructions; give one instruction per image")
+            return self._vocabulary_ids(text.vocabulary)[text.ids.to(self.device)]
         if isinstance(text, (str, bytes)):
             texts = [text] * batch
         elif isinstance(text, np.ndarray):
@@ -112,6 +122,14 @@ class VLAPolicy(Policy):
                     self._token_cache[t] = ids
             rows.append(ids)
         return torch.stack(rows).to(self.device)
+
+    def _vocabulary_ids(self, vocabulary: tuple) -> torch.Tensor:
+        """Token ids of each text of ``vocabulary``, one row per text, on the policy's device (cached)."""
+        cache = self.__dict__.setdefault("_vocabulary_cache", {})
+        key = (vocabulary, self.device)
+        if key not in cache:
+            cache[key] = self._instruction_ids(list(vocabulary), len(vocabulary))
+        return cache[key]
 
     def model_inputs(self, obs: Any) -> tuple:
         """``(pixel_values, input_ids, state)`` for the model from an observation dict."""
