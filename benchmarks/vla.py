@@ -53,7 +53,7 @@ def merge(*datasets: dict) -> dict:
     return out
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output_dir", default="./output/vla_benchmark")
     p.add_argument("--image_size", type=int, default=32)
@@ -78,10 +78,42 @@ def main(argv=None) -> dict:
     p.add_argument("--model_path", default=None,
                    help="reuse a saved stage-2 model (e.g. OUTPUT_DIR/stage2_action_head/best) instead of training one")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse(argv=None) -> argparse.Namespace:
+    args = parser().parse_args(argv)
     if args.quick:
         args.demo_size, args.bc_steps, args.offline_size, args.iql_steps = 600, 30, 800, 20
         args.ppo_steps, args.grpo_iterations, args.episodes = 1024, 1, 2
+    return args
+
+
+def train_stage2(args, out: Path) -> tuple:
+    """Stage 2: behaviour cloning on a small demonstration set, or the saved ``--model_path``.
+    Returns ``(model folder, policy, training seconds (nan when loaded), demo-collection seconds)``."""
+    if args.model_path:
+        from vla_rl_lib.vla.policy import load_policy
+
+        return Path(args.model_path), load_policy(args.model_path), float("nan"), 0.0
+    t = time.time()
+    demos = collect_dataset(args.demo_size, seed=args.seed, image_size=args.image_size)
+    buffer = OfflineReplayBuffer(STATE_DIM, 2).load_dataset(demos)
+    collect_seconds = time.time() - t
+    print(f"demonstrations: {len(buffer)} transitions, {demos['metadata/episodes']} episodes", flush=True)
+    model_cfg = VLAConfig(image_size=args.image_size, vision_channels=[8, 16, 16], embed_dim=32, hidden_dim=64,
+                          state_indices=list(PROPRIO_INDICES), log_std_init=args.log_std)
+    bc_cfg = OfflineRLConfig(num_epochs=1, steps_per_epoch=args.bc_steps, batch_size=128, learning_rate=1e-3,
+                             eval_freq=0, eval_episodes=0, save_freq=0, log_freq=100, seed=args.seed,
+                             output_dir=str(out / "stage2_action_head"))
+    t = time.time()
+    bc = BCTrainer(STATE_DIM, 2, bc_cfg, model=model_cfg)
+    bc.train(buffer)
+    return bc.best_model_path, bc.policy, time.time() - t, collect_seconds
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     out = Path(args.output_dir)
@@ -99,27 +131,10 @@ def main(argv=None) -> dict:
               f"train {seconds:.0f}s eval {res['eval_seconds']:.0f}s", flush=True)
 
     # ---- stage 2: behaviour cloning on a small demonstration set --------------------------------
-    t = time.time()
-    demos = collect_dataset(args.demo_size, seed=args.seed, image_size=args.image_size)
-    buffer = OfflineReplayBuffer(STATE_DIM, 2).load_dataset(demos)
-    times["collect demos"] = time.time() - t
-    print(f"demonstrations: {len(buffer)} transitions, {demos['metadata/episodes']} episodes", flush=True)
-    model_cfg = VLAConfig(image_size=args.image_size, vision_channels=[8, 16, 16], embed_dim=32, hidden_dim=64,
-                          state_indices=list(PROPRIO_INDICES), log_std_init=args.log_std)
-    bc_cfg = OfflineRLConfig(num_epochs=1, steps_per_epoch=args.bc_steps, batch_size=128, learning_rate=1e-3,
-                             eval_freq=0, eval_episodes=0, save_freq=0, log_freq=100, seed=args.seed,
-                             output_dir=str(out / "stage2_action_head"))
-    t = time.time()
-    if args.model_path:
-        from vla_rl_lib.vla.policy import load_policy
-
-        model_path = Path(args.model_path)
-        score("BC (stage 2)", load_policy(model_path), float("nan"))
-    else:
-        bc = BCTrainer(STATE_DIM, 2, bc_cfg, model=model_cfg)
-        bc.train(buffer)
-        model_path = bc.best_model_path
-        score("BC (stage 2)", bc.policy, time.time() - t)
+    model_path, bc_policy, bc_seconds, collect_seconds = train_stage2(args, out)
+    if collect_seconds:
+        times["collect demos"] = collect_seconds
+    score("BC (stage 2)", bc_policy, bc_seconds)
 
     # ---- stage 3 ----------------------------------------------------------------------------
     iql = None

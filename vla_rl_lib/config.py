@@ -347,6 +347,13 @@ class RLConfig(ConfigBase):
     clip_range: float = hp(0.2, "GRPO: clipping range", low=0, low_open=True, high=1)
     grpo_epochs: int = hp(4, "GRPO: epochs per iteration", low=1)
     objective_weights: Optional[dict] = hp(None, "GRPO: weights of vector-reward objectives from info['reward_terms']", nullable=True)
+    grpo_reward: str = hp("return", "GRPO: a rollout's score: 'return' (sum of rewards) or 'success' (info['success'] at its end, 0/1)", choices=("return", "success"))
+    grpo_advantage: str = hp("group", "GRPO: 'group' (group-normalised scores) or 'rloo' (leave-one-out baseline)", choices=("group", "rloo"))
+    dynamic_sampling: bool = hp(False, "GRPO: drop groups whose rollouts all score the same and sample more groups")
+    dynamic_sampling_rounds: int = hp(4, "GRPO: most sampling rounds of num_groups groups per iteration with dynamic_sampling", low=1)
+    clip_range_high: Optional[float] = hp(None, "GRPO: upper clipping range of the ratio (None: clip_range; 'clip-higher' e.g. 0.28)", low=0, low_open=True, nullable=True)
+    token_level_ratios: bool = hp(False, "GRPO: one ratio per action token (per action dimension) instead of one per action")
+    grpo_loss_mean: str = hp("step", "GRPO: average the loss over steps ('step': long rollouts weigh more) or over rollouts ('rollout')", choices=("step", "rollout"))
     # Logging
     log_freq: int = hp(1000, "log every this many environment steps", low=1)
     eval_freq: int = hp(5000, "evaluate every this many environment steps (0: only at the end)", low=0)

@@ -134,7 +134,7 @@ def evaluate_success(policy, episodes_per_instruction: int = 20, seed: int = 100
     envs = [DrivingEnv(difficulty=difficulty, image_size=image_size, max_episode_steps=max_episode_steps)
             for _ in range(min(int(num_envs), len(jobs)))]
     results = {text: [] for text in instructions}
-    collisions, returns = [], []
+    collisions, returns, progress = [], [], []
     was_training = policy.training
     policy.eval()
     slots: list[Optional[dict]] = [None] * len(envs)
@@ -168,6 +168,7 @@ def evaluate_success(policy, episodes_per_instruction: int = 20, seed: int = 100
                 if terminated or truncated:
                     results[slots[i]["text"]].append(float(info["success"]))
                     collisions.append(float(info["collision"]))
+                    progress.append(float(info["progress"]))
                     returns.append(slots[i]["ret"])
                     start(i)
     finally:
@@ -175,7 +176,7 @@ def evaluate_success(policy, episodes_per_instruction: int = 20, seed: int = 100
     per = {text: float(np.mean(v)) for text, v in results.items()}
     return {"success_rate": float(np.mean([x for v in results.values() for x in v])), "per_instruction": per,
             "collision_rate": float(np.mean(collisions)), "mean_reward": float(np.mean(returns)),
-            "episodes": len(returns)}
+            "mean_progress": float(np.mean(progress)), "episodes": len(returns)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -182,15 +182,19 @@ class VLAPolicy(Policy):
             return detokenize_actions(dist.sample(), self.model.config.bins)
         return dist.sample()
 
-    def _log_prob(self, out: dict, actions: torch.Tensor) -> torch.Tensor:
+    def _token_log_probs(self, out: dict, actions: torch.Tensor) -> torch.Tensor:
+        """``log π(a_i|o)`` per action dimension ``(B, action_dim)``: per token for the token head."""
         unit = self.unscale_action(torch.as_tensor(actions, dtype=torch.float32, device=out["value"].device))
         unit = unit.reshape(-1, self.action_dim)
         if self.tokens:
             from vla_rl_lib.envs.wrappers import tokenize_actions
 
             tok = tokenize_actions(unit, self.model.config.bins)
-            return out["log_probs"].gather(-1, tok.unsqueeze(-1)).squeeze(-1).sum(-1)
-        return self._dist(out).log_prob(unit).sum(-1)
+            return out["log_probs"].gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+        return self._dist(out).log_prob(unit)
+
+    def _log_prob(self, out: dict, actions: torch.Tensor) -> torch.Tensor:
+        return self._token_log_probs(out, actions).sum(-1)
 
     def _entropy(self, out: dict) -> torch.Tensor:
         return self._dist(out).entropy().sum(-1)
@@ -207,6 +211,15 @@ class VLAPolicy(Policy):
 
     def value(self, obs) -> torch.Tensor:
         return self(obs)["value"]
+
+    def token_log_probs(self, obs, actions) -> torch.Tensor:
+        """``log π`` of each action token (each action dimension), ``(B, action_dim)``; they sum to ``log_prob``."""
+        return self._token_log_probs(self(obs), actions)
+
+    def evaluate_tokens(self, obs, actions):
+        """``(log π per token (B, action_dim), H[π(·|o)])`` from one forward pass (token-level ratios)."""
+        out = self(obs)
+        return self._token_log_probs(out, actions), self._entropy(out)
 
     def evaluate_actions(self, obs, actions):
         """``(log π(a|o), H[π(·|o)], V(o))`` from one forward pass."""
