@@ -216,3 +216,23 @@ def test_grpo_on_a_gymnasium_env_resumes_bit_identically(tmp_path):
     resumed.train()
     assert resumed.iteration == 4
     assert_same(weights(full), weights(resumed))
+
+
+def test_ctrl_c_during_a_rollout_saves_no_env_state(tmp_path):
+    """The envs are then ahead of the rollout's start: the resumed run starts fresh episodes."""
+    trainer = PPOTrainer(config=cartpole_config(tmp_path / "run"))
+    step, calls = trainer.envs.step, []
+
+    def interrupted(actions):
+        calls.append(1)
+        if len(calls) == 40:  # inside the second rollout (32 steps each)
+            raise KeyboardInterrupt
+        return step(actions)
+
+    trainer.envs.step = interrupted
+    trainer.train()
+    assert trainer.interrupted and trainer.global_step == 128
+    assert "env" not in load_checkpoint(tmp_path / "run" / "checkpoint.pt")["extra"]
+    resumed = PPOTrainer(config=cartpole_config(tmp_path / "run"))
+    resumed.load(tmp_path / "run" / "checkpoint.pt")
+    assert resumed._next_obs is None

@@ -763,6 +763,7 @@ class OnlineTrainer(Trainer):
         self.recent_lengths: list[int] = []
         self.episodes_done = 0
         self._make_env = make_env
+        self._mid_rollout = False
 
     @property
     def total_steps(self) -> int:
@@ -809,7 +810,10 @@ class OnlineTrainer(Trainer):
         cfg = self.config
 
         def step():
-            self.global_step += int(self.collect())
+            self._mid_rollout = True  # (a checkpoint written now, on Ctrl-C, finds the envs part-way through a rollout)
+            taken = int(self.collect())
+            self._mid_rollout = False
+            self.global_step += taken
             self._accumulate(self.learn())
 
         def boundaries(prev):

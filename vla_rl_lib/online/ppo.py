@@ -364,7 +364,8 @@ class PPOTrainer(OnlineTrainer):
     # a resumed run continues its episodes exactly; an env whose state cannot be saved starts fresh ones.
     # ------------------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        env = None if self._next_obs is None else get_env_state(self.envs)
+        # (an env caught part-way through a rollout, by Ctrl-C, is ahead of _next_obs: not saved)
+        env = None if self._next_obs is None or self._mid_rollout else get_env_state(self.envs)
         if env is None:
             return {}
         return {"env": env, "rollout": to_checkpoint({
