@@ -66,6 +66,9 @@ def split_run(make, tmp_path, halfway) -> tuple:
     assert "env" in load_checkpoint(tmp_path / "half.pt")["extra"]
     resumed.train()
     assert resumed.global_step == full.global_step
+    # the logged episode statistics continue too
+    assert (resumed.episodes_done, resumed.recent_returns, resumed.recent_lengths) == \
+        (full.episodes_done, full.recent_returns, full.recent_lengths)
     return weights(full), weights(resumed), resumed
 
 

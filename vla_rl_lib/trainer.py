@@ -789,6 +789,18 @@ class OnlineTrainer(Trainer):
         self.recent_lengths = (self.recent_lengths + [length])[-100:]
         self.episodes_done += 1
 
+    def extra_state(self) -> dict:
+        """The finished episodes behind the logged ``mean_reward`` and ``episodes`` (subclasses add theirs)."""
+        return {"episodes": {"returns": list(self.recent_returns), "lengths": list(self.recent_lengths),
+                             "done": self.episodes_done}}
+
+    def load_extra_state(self, state: dict) -> None:
+        saved = state.get("episodes")
+        if saved:
+            self.recent_returns = [float(r) for r in saved["returns"]]
+            self.recent_lengths = [int(n) for n in saved["lengths"]]
+            self.episodes_done = int(saved["done"])
+
     def episode_metrics(self) -> dict:
         if not self.recent_returns:
             return {}

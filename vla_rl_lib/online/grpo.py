@@ -390,8 +390,9 @@ class GRPOTrainer(OnlineTrainer):
 
     def extra_state(self) -> dict:
         env = get_env_state(self.envs)  # (every round resets its worlds; this keeps e.g. a curriculum's difficulty)
-        return {"iteration": self.iteration, **({} if env is None else {"env": env})}
+        return {**super().extra_state(), "iteration": self.iteration, **({} if env is None else {"env": env})}
 
     def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
         self.iteration = int(state.get("iteration", 0))
         restore_env_state(self.envs, state.get("env"), self.algorithm)

@@ -367,12 +367,13 @@ class PPOTrainer(OnlineTrainer):
         # (an env caught part-way through a rollout, by Ctrl-C, is ahead of _next_obs: not saved)
         env = None if self._next_obs is None or self._mid_rollout else get_env_state(self.envs)
         if env is None:
-            return {}
-        return {"env": env, "rollout": to_checkpoint({
+            return super().extra_state()
+        return {**super().extra_state(), "env": env, "rollout": to_checkpoint({
             "next_obs": self._next_obs, "after_done": self._after_done,
             "episode_returns": self.episodes.returns, "episode_lengths": self.episodes.lengths})}
 
     def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
         if not restore_env_state(self.envs, state.get("env"), self.algorithm):
             self._next_obs = None  # fresh episodes at the next collect (reset with seed + global_step)
             return
