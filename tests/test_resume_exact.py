@@ -78,9 +78,9 @@ def ppo_config(out, **kw) -> RLConfig:
 
 
 def cartpole_config(out, **kw) -> RLConfig:
-    return ppo_config(out, **{**dict(env="CartPole-v1", num_envs=4, rollout_steps=32, total_timesteps=512, batch_size=64,
-                                     ppo_epochs=2, ppo_anneal_lr=True, ppo_normalize_obs=True,
-                                     ppo_normalize_reward=True), **kw})
+    base = dict(env="CartPole-v1", num_envs=4, rollout_steps=32, total_timesteps=512, batch_size=64, ppo_epochs=2,
+                ppo_anneal_lr=True, ppo_normalize_obs=True, ppo_normalize_reward=True)
+    return ppo_config(out, **{**base, **kw})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,7 +119,8 @@ def test_ppo_on_the_batched_driving_simulator_resumes_bit_identically(tmp_path, 
         return PPOTrainer(env=env, config=config, policy=VLAPolicy(VLAModel(**TINY_VLA)))
 
     full, resumed, trainer = split_run(make, tmp_path, lambda t: t.global_step >= 64)
-    assert trainer.envs.backend == backend and trainer.envs.sampler == ("per_world" if backend == "numpy" else "batched")
+    assert trainer.envs.backend == backend
+    assert trainer.envs.sampler == ("per_world" if backend == "numpy" else "batched")
     assert_same(full, resumed)
 
 

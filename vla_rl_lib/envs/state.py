@@ -13,7 +13,7 @@ Known environments:
   (the per-world generators, or the counter-based streams' keys and episode counters);
 * :class:`~vla_rl_lib.envs.driving.DrivingEnv`, alone or inside the kit's stateless wrappers
   (``StateObservation``, ``DiscretizeActions``);
-* a gymnasium ``SyncVectorEnv`` whose sub-envs are all known (plus its pending NEXT_STEP autoresets);
+* a gymnasium ``SyncVectorEnv`` of such ``DrivingEnv`` s (plus its pending NEXT_STEP autoresets);
 * gymnasium's numpy-batched ``CartPoleVectorEnv`` (what the trainers build for ``CartPole-v1``).
 
 Anything else (other gymnasium envs and their wrappers, CARLA) gives ``None``: a trainer then
@@ -139,9 +139,14 @@ def _check(state: dict, expected: dict, what: str) -> None:
 _BATCHED_ARRAYS = ("_floats", "_ints", "_flags", "_fixed", "_keys", "_episode")
 
 
+def _autoreset_mode(envs) -> str:
+    mode = envs.metadata.get("autoreset_mode")
+    return str(getattr(mode, "value", mode))
+
+
 def _batched_signature(env) -> dict:
     return {"num_envs": env.num_envs, "backend": env.backend, "sampler": env.sampler, "dtype": str(env.dtype),
-            "num_lanes": env.num_lanes}
+            "num_lanes": env.num_lanes, "autoreset_mode": _autoreset_mode(env)}
 
 
 def _get_batched(env) -> dict:
@@ -221,12 +226,13 @@ def _get_sync(envs) -> Optional[dict]:
     cores = [_driving_core(e) for e in envs.envs]
     if any(core is None for core in cores):
         return None
-    return {"kind": "sync_vector", "num_envs": envs.num_envs, "autoreset": _tensor(compat.vector_autoreset_flags(envs)),
-            "envs": [_get_driving(core) for core in cores]}
+    return {"kind": "sync_vector", "num_envs": envs.num_envs, "autoreset_mode": _autoreset_mode(envs),
+            "autoreset": _tensor(compat.vector_autoreset_flags(envs)), "envs": [_get_driving(core) for core in cores]}
 
 
 def _set_sync(envs, state: dict) -> None:
-    _check(state, {"kind": "sync_vector", "num_envs": envs.num_envs}, "SyncVectorEnv")
+    _check(state, {"kind": "sync_vector", "num_envs": envs.num_envs, "autoreset_mode": _autoreset_mode(envs)},
+           "SyncVectorEnv")
     cores = [_driving_core(e) for e in envs.envs]
     if any(core is None for core in cores):
         raise IncompatibleError("the saved state is for a SyncVectorEnv of driving simulators, but this one holds "
@@ -271,8 +277,8 @@ def set_env_state(envs, state: dict) -> None:
     ``IncompatibleError`` (before anything is changed) when it does not fit."""
     handler = _handler(envs)
     if handler is None:
-        raise IncompatibleError(f"the environment state cannot be restored into a {type(envs).__name__} "
-                                "(the kit saves BatchedDrivingEnv, DrivingEnv, SyncVectorEnvs of them and CartPoleVectorEnv)")
+        raise IncompatibleError(f"the environment state cannot be restored into a {type(envs).__name__} (the kit "
+                                "saves BatchedDrivingEnv, DrivingEnv, SyncVectorEnvs of them and CartPoleVectorEnv)")
     handler[1](envs, state)
 
 
