@@ -37,11 +37,11 @@ def driving_actions(t, n, tensors=False):
     return torch.as_tensor(a) if tensors else a.astype(np.float32)
 
 
-def make_batched(backend):
+def make_batched(backend, device="cpu"):
     from vla_rl_lib.envs.batched import BatchedDrivingEnv
 
     return BatchedDrivingEnv(3, difficulty="hard", image_size=32, max_episode_steps=6, backend=backend,
-                             return_tensors=backend)
+                             return_tensors=backend, device=device)
 
 
 def make_sync(mode):
@@ -66,7 +66,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+CASES["batched-cuda"] = (lambda: make_batched("torch", "cuda"),
+                         lambda t: driving_actions(t, 3, tensors=True).float().cuda())
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=NEEDS_CUDA) if "cuda" in c else c for c in CASES])
 def test_round_trip_gives_identical_next_steps(case):
     make, actions = CASES[case]
     env = make()
