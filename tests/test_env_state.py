@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vla_rl_lib.envs.state import from_checkpoint, get_env_state, restore_env_state, set_env_state, to_checkpoint
+from vla_rl_lib.envs.state import (as_checkpoint_value, from_checkpoint_value, get_env_state, restore_env_state,
+                                   set_env_state)
 from vla_rl_lib.errors import IncompatibleError
 
 
@@ -119,11 +120,11 @@ def test_observations_and_bookkeeping_round_trip():
     value = {"image": np.arange(12, dtype=np.uint8).reshape(2, 2, 3), "instruction": ("keep lane", "stop"),
              "state": torch.arange(4.0).reshape(2, 2), "ids": IndexedText(torch.tensor([0, 2]), ["a", "b", "c"]),
              "texts": np.array(["x", "y"]), "flags": [True, None, 3, 2.5, np.float64(0.1)]}
-    back = from_checkpoint(through_a_checkpoint(to_checkpoint(value)))
+    back = from_checkpoint_value(through_a_checkpoint(as_checkpoint_value(value)))
     assert back["image"].dtype == np.uint8 and np.array_equal(back["image"], value["image"])
     assert back["instruction"] == ("keep lane", "stop") and isinstance(back["instruction"], tuple)
     assert torch.equal(back["state"], value["state"]) and back["ids"] == ["a", "c"]
     assert list(back["texts"]) == ["x", "y"] and back["flags"][:4] == [True, None, 3, 2.5]
     assert type(back["flags"][4]) is np.float64 and back["flags"][4] == np.float64(0.1)
     with pytest.raises(IncompatibleError, match="cannot be stored"):
-        to_checkpoint(object())
+        as_checkpoint_value(object())

@@ -19,7 +19,7 @@ Known environments:
 Anything else (other gymnasium envs and their wrappers, CARLA) gives ``None``: a trainer then
 resumes with fresh episodes. The gymnasium internals read here go through :mod:`vla_rl_lib.compat`.
 
-``to_checkpoint`` / ``from_checkpoint`` do the same for a trainer's own per-env bookkeeping
+``as_checkpoint_value`` / ``from_checkpoint_value`` do the same for a trainer's own per-env bookkeeping
 (the current observation, which may be a dict of arrays, tensors and instructions).
 """
 from __future__ import annotations
@@ -36,28 +36,29 @@ from vla_rl_lib import compat
 from vla_rl_lib.envs.text import IndexedText
 from vla_rl_lib.errors import IncompatibleError
 
-__all__ = ["get_env_state", "set_env_state", "restore_env_state", "to_checkpoint", "from_checkpoint"]
+__all__ = ["get_env_state", "set_env_state", "restore_env_state", "as_checkpoint_value",
+           "from_checkpoint_value"]
 
 
 # ------------------------------------------------------------------------------------------------
 # values <-> checkpoint values (tensors and plain values only)
 # ------------------------------------------------------------------------------------------------
-def to_checkpoint(value: Any) -> dict:
+def as_checkpoint_value(value: Any) -> dict:
     """``value`` (arrays, tensors, dicts, lists, tuples, instructions, numbers, strings) as a tree of
-    ``{"type": ..., ...}`` nodes holding only tensors and plain values; :func:`from_checkpoint` inverts it."""
+    ``{"type": ..., ...}`` nodes holding only tensors and plain values; :func:`from_checkpoint_value` inverts it."""
     if isinstance(value, dict):
-        return {"type": "dict", "items": {str(k): to_checkpoint(v) for k, v in value.items()}}
+        return {"type": "dict", "items": {str(k): as_checkpoint_value(v) for k, v in value.items()}}
     if isinstance(value, IndexedText):
-        return {"type": "indexed_text", "ids": to_checkpoint(value.ids), "vocabulary": list(value.vocabulary)}
+        return {"type": "indexed_text", "ids": as_checkpoint_value(value.ids), "vocabulary": list(value.vocabulary)}
     if isinstance(value, torch.Tensor):
         return {"type": "tensor", "data": value.detach().to("cpu", copy=True), "device": str(value.device)}
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "biuf":
             return {"type": "ndarray", "data": torch.from_numpy(np.array(value, copy=True))}
-        return {"type": "ndarray", "items": [to_checkpoint(v) for v in value.tolist()], "dtype": value.dtype.str}
+        return {"type": "ndarray", "items": [as_checkpoint_value(v) for v in value.tolist()], "dtype": value.dtype.str}
     if isinstance(value, (list, tuple)):
         return {"type": type(value).__name__ if type(value) in (list, tuple) else "list",
-                "items": [to_checkpoint(v) for v in value]}
+                "items": [as_checkpoint_value(v) for v in value]}
     if isinstance(value, np.generic):
         return {"type": "scalar", "data": torch.from_numpy(np.array([value]))}
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -74,21 +75,21 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def from_checkpoint(node: dict) -> Any:
-    """The value :func:`to_checkpoint` stored (tensors go back to their device where it exists)."""
+def from_checkpoint_value(node: dict) -> Any:
+    """The value :func:`as_checkpoint_value` stored (tensors go back to their device where it exists)."""
     kind = node["type"]
     if kind == "dict":
-        return {k: from_checkpoint(v) for k, v in node["items"].items()}
+        return {k: from_checkpoint_value(v) for k, v in node["items"].items()}
     if kind == "indexed_text":
-        return IndexedText(from_checkpoint(node["ids"]), node["vocabulary"])
+        return IndexedText(from_checkpoint_value(node["ids"]), node["vocabulary"])
     if kind == "tensor":
         return node["data"].to(_device(node["device"]))
     if kind == "ndarray":
         if "data" in node:
             return node["data"].numpy().copy()
-        return np.array([from_checkpoint(v) for v in node["items"]], dtype=np.dtype(node["dtype"]))
+        return np.array([from_checkpoint_value(v) for v in node["items"]], dtype=np.dtype(node["dtype"]))
     if kind in ("list", "tuple"):
-        items = [from_checkpoint(v) for v in node["items"]]
+        items = [from_checkpoint_value(v) for v in node["items"]]
         return items if kind == "list" else tuple(items)
     if kind == "scalar":
         return node["data"].numpy()[0]
@@ -189,8 +190,8 @@ def _get_driving(env) -> dict:
     state = {"kind": "driving", "num_lanes": env.num_lanes, "difficulty": dataclasses.asdict(env.difficulty),
              "rng": _rng_state(env.np_random), "scenario": None}
     if env._scenario is not None:  # (before the first reset there is no world yet)
-        state["scenario"] = to_checkpoint(dataclasses.asdict(env._scenario))
-        state.update({k: to_checkpoint(getattr(env, k)) for k in _DRIVING_VALUES + _DRIVING_ARRAYS})
+        state["scenario"] = as_checkpoint_value(dataclasses.asdict(env._scenario))
+        state.update({k: as_checkpoint_value(getattr(env, k)) for k in _DRIVING_VALUES + _DRIVING_ARRAYS})
     return state
 
 
@@ -203,9 +204,9 @@ def _set_driving(env, state: dict) -> None:
     if state["scenario"] is None:
         env._scenario = None
         return
-    env._scenario = Scenario(**from_checkpoint(state["scenario"]))
+    env._scenario = Scenario(**from_checkpoint_value(state["scenario"]))
     for key in _DRIVING_VALUES + _DRIVING_ARRAYS:
-        setattr(env, key, from_checkpoint(state[key]))
+        setattr(env, key, from_checkpoint_value(state[key]))
 
 
 def _get_cartpole(envs) -> Optional[dict]:
@@ -213,12 +214,13 @@ def _get_cartpole(envs) -> Optional[dict]:
     if saved["state"] is None:
         return None
     return {"kind": "cartpole_vector", "num_envs": envs.num_envs, "rng": _rng_state(envs.np_random),
-            **{k: to_checkpoint(v) for k, v in saved.items()}}
+            **{k: as_checkpoint_value(v) for k, v in saved.items()}}
 
 
 def _set_cartpole(envs, state: dict) -> None:
     _check(state, {"kind": "cartpole_vector", "num_envs": envs.num_envs}, "CartPoleVectorEnv")
-    compat.set_cartpole_vector_state(envs, {k: from_checkpoint(state[k]) for k in compat.CARTPOLE_VECTOR_STATE})
+    saved = {k: from_checkpoint_value(state[k]) for k in compat.CARTPOLE_VECTOR_STATE}
+    compat.set_cartpole_vector_state(envs, saved)
     _set_rng(envs.np_random, state["rng"])
 
 

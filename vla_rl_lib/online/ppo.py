@@ -60,7 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vla_rl_lib.config import RLConfig
-from vla_rl_lib.envs.state import from_checkpoint, get_env_state, restore_env_state, to_checkpoint
+from vla_rl_lib.envs.state import as_checkpoint_value, from_checkpoint_value, get_env_state, restore_env_state
 from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.nets import ValueNetwork, without_distribution_checks
 from vla_rl_lib.online.rollout import (autoreset_mode, check_policy, compute_gae, EpisodeStats, explained_variance,
@@ -368,7 +368,7 @@ class PPOTrainer(OnlineTrainer):
         env = None if self._next_obs is None or self._mid_rollout else get_env_state(self.envs)
         if env is None:
             return super().extra_state()
-        return {**super().extra_state(), "env": env, "rollout": to_checkpoint({
+        return {**super().extra_state(), "env": env, "rollout": as_checkpoint_value({
             "next_obs": self._next_obs, "after_done": self._after_done,
             "episode_returns": self.episodes.returns, "episode_lengths": self.episodes.lengths})}
 
@@ -377,7 +377,7 @@ class PPOTrainer(OnlineTrainer):
         if not restore_env_state(self.envs, state.get("env"), self.algorithm):
             self._next_obs = None  # fresh episodes at the next collect (reset with seed + global_step)
             return
-        rollout = from_checkpoint(state["rollout"])
+        rollout = from_checkpoint_value(state["rollout"])
         self._next_obs = rollout["next_obs"]
         self._after_done = rollout["after_done"].to(self.device)
         self.episodes.returns.copy_(rollout["episode_returns"])
