@@ -352,9 +352,8 @@ def test_normaliser_statistics_are_saved_and_restored(tmp_path):
 
 def test_same_seed_same_run_and_resume_continues_it(tmp_path):
     """Two runs with one seed give identical weights. A resumed run restores weights, optimiser,
-    normalisers, generators and ``global_step`` exactly; the environments cannot be saved, so it
-    starts fresh episodes (reset with ``seed + global_step``) and is a valid continuation rather
-    than a bit-identical one."""
+    normalisers, generators and ``global_step`` exactly (and, on CartPole-v1's batched vector env,
+    the environment's state: that the continuation is bit-identical is tested in test_resume_exact.py)."""
     def run(out, steps):
         return PPOTrainer(config=small_config(tmp_path, env="CartPole-v1", output_dir=str(tmp_path / out),
                                               total_timesteps=steps)).train()

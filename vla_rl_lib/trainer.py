@@ -775,6 +775,7 @@ class OnlineTrainer(Trainer):
         self.recent_lengths: list[int] = []
         self.episodes_done = 0
         self._make_env = make_env
+        self._mid_rollout = False
 
     @property
     def total_steps(self) -> int:
@@ -800,6 +801,18 @@ class OnlineTrainer(Trainer):
         self.recent_lengths = (self.recent_lengths + [length])[-100:]
         self.episodes_done += 1
 
+    def extra_state(self) -> dict:
+        """The finished episodes behind the logged ``mean_reward`` and ``episodes`` (subclasses add theirs)."""
+        return {"episodes": {"returns": list(self.recent_returns), "lengths": list(self.recent_lengths),
+                             "done": self.episodes_done}}
+
+    def load_extra_state(self, state: dict) -> None:
+        saved = state.get("episodes")
+        if saved:
+            self.recent_returns = [float(r) for r in saved["returns"]]
+            self.recent_lengths = [int(n) for n in saved["lengths"]]
+            self.episodes_done = int(saved["done"])
+
     def episode_metrics(self) -> dict:
         if not self.recent_returns:
             return {}
@@ -821,7 +834,10 @@ class OnlineTrainer(Trainer):
         cfg = self.config
 
         def step():
-            self.global_step += int(self.collect())
+            self._mid_rollout = True  # (a checkpoint written now, on Ctrl-C, finds the envs part-way through a rollout)
+            taken = int(self.collect())
+            self._mid_rollout = False
+            self.global_step += taken
             self._accumulate(self.learn())
 
         def boundaries(prev):

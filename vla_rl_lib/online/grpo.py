@@ -35,6 +35,11 @@ original GRPO's per-sample mean). The group std is the sample standard deviation
 The environment must be reproducible from a seed: two worlds reset with the same seed must give the
 same first observation; otherwise a group would not share its initial state and ``IncompatibleError``
 is raised. Policies are handled as in PPO (see :mod:`vla_rl_lib.online.ppo`).
+
+A resumed run is exact: every round resets its worlds with seeds from the saved seed generator, and
+the checkpoint holds the environment's state where the kit can save it (the driving simulator:
+e.g. a curriculum's current difficulty), so N iterations give bit-identical weights to N/2 + resume
++ N/2 on the CPU.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import RLConfig
+from vla_rl_lib.envs.state import get_env_state, restore_env_state
 from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import without_distribution_checks
 from vla_rl_lib.online.groups import (GroupRollouts, check_shared_reset, collect_groups, concat_rollouts,
@@ -383,7 +389,10 @@ class GRPOTrainer(OnlineTrainer):
         return self.iteration >= self.config.num_iterations or self.global_step >= self.config.total_timesteps
 
     def extra_state(self) -> dict:
-        return {"iteration": self.iteration}
+        env = get_env_state(self.envs)  # (every round resets its worlds; this keeps e.g. a curriculum's difficulty)
+        return {**super().extra_state(), "iteration": self.iteration, **({} if env is None else {"env": env})}
 
     def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
         self.iteration = int(state.get("iteration", 0))
+        restore_env_state(self.envs, state.get("env"), self.algorithm)

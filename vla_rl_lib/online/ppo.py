@@ -37,6 +37,17 @@ Without ``policy=``, PPO builds a ``CategoricalPolicy`` (Discrete actions) or a 
   critic; otherwise a separate ``ValueNetwork`` is trained on ``policy.normalize(obs)``.
 
 A policy whose actions do not fit the action space raises ``IncompatibleError``.
+
+Checkpoints and resume
+----------------------
+A checkpoint also holds the environment's state (:mod:`vla_rl_lib.envs.state`: the worlds, their
+step counters and pending autoresets, their random generators) with the current observation, the
+running episodes' returns and lengths and the reward scaler's returns, for the kit's own
+environments: the driving simulator (``DrivingEnv`` in a vector env, ``BatchedDrivingEnv`` on
+either backend) and gymnasium's numpy-batched ``CartPoleVectorEnv``. A resumed run then continues
+their episodes, and N steps give bit-identical weights to N/2 steps + resume + N/2 steps on the
+CPU. Any other environment cannot be saved: a resumed run starts fresh episodes (reset with
+``seed + global_step``), a valid continuation but not a bit-identical one.
 """
 from __future__ import annotations
 
@@ -49,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vla_rl_lib.config import RLConfig
+from vla_rl_lib.envs.state import as_checkpoint_value, from_checkpoint_value, get_env_state, restore_env_state
 from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.nets import ValueNetwork, without_distribution_checks
 from vla_rl_lib.online.rollout import (autoreset_mode, check_policy, compute_gae, EpisodeStats, explained_variance,
@@ -347,8 +359,26 @@ class PPOTrainer(OnlineTrainer):
         return metrics
 
     # ------------------------------------------------------------------------------------------
-    # checkpoints: networks, optimiser, normalisers and generators are found automatically.
-    # Environment states cannot be saved, so a resumed run starts fresh episodes.
+    # checkpoints: networks, optimiser, normalisers and generators are found automatically. The
+    # environment's state (vla_rl_lib.envs.state) and the rollout's place in it are saved here, so
+    # a resumed run continues its episodes exactly; an env whose state cannot be saved starts fresh ones.
     # ------------------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        # (an env caught part-way through a rollout, by Ctrl-C, is ahead of _next_obs: not saved)
+        env = None if self._next_obs is None or self._mid_rollout else get_env_state(self.envs)
+        if env is None:
+            return super().extra_state()
+        return {**super().extra_state(), "env": env, "rollout": as_checkpoint_value({
+            "next_obs": self._next_obs, "after_done": self._after_done,
+            "episode_returns": self.episodes.returns, "episode_lengths": self.episodes.lengths})}
+
     def load_extra_state(self, state: dict) -> None:
-        self._next_obs = None
+        super().load_extra_state(state)
+        if not restore_env_state(self.envs, state.get("env"), self.algorithm):
+            self._next_obs = None  # fresh episodes at the next collect (reset with seed + global_step)
+            return
+        rollout = from_checkpoint_value(state["rollout"])
+        self._next_obs = rollout["next_obs"]
+        self._after_done = rollout["after_done"].to(self.device)
+        self.episodes.returns.copy_(rollout["episode_returns"])
+        self.episodes.lengths.copy_(rollout["episode_lengths"])

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from vla_rl_lib import compat
 from vla_rl_lib.config import ConfigBase, RLConfig, hp
 from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import QEnsemble, TanhGaussianPolicy, adam, soft_update
@@ -437,8 +438,8 @@ class SACTrainer(OnlineTrainer):
                     o, _ = sub.reset()
                 obs.append(o)
             # keep the vector env's own bookkeeping consistent (no pending autoreset)
-            if hasattr(self.envs, "_autoreset_envs"):
-                self.envs._autoreset_envs[:] = False
+            if isinstance(self.envs, gym.vector.SyncVectorEnv):
+                compat.set_vector_autoreset_flags(self.envs, np.zeros(self.num_envs, dtype=bool))
             self._obs = np.asarray(np.stack(obs), dtype=np.float32)
             self._skip[:] = False
         else:
