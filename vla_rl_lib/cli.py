@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 from vla_rl_lib.errors import VLARLError
 
-OFFLINE = ("iql", "cql", "td3_bc", "dt", "bc")
+OFFLINE = ("iql", "cql", "td3_bc", "dt", "bc", "vla_bc")
 ONLINE = ("ppo", "sac", "grpo")
 
 
@@ -71,7 +71,7 @@ def _add_train_parser(sub, algo: str, required: bool = False) -> None:
 
 
 #: command-line defaults that differ from the config's (the specification's pipeline paths)
-ALGO_CLI_DEFAULTS = {"bc": {"dataset": "driving-expert-v1", "output_dir": "./output/stage2_action_head"}}
+ALGO_CLI_DEFAULTS = {"vla_bc": {"dataset": "driving-expert-v1", "output_dir": "./output/stage2_action_head"}}
 
 
 def _cli_defaults(cls) -> dict:
@@ -93,7 +93,7 @@ def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.Argumen
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    train = sub.add_parser("train", help="train an algorithm (offline: iql cql td3_bc dt; online: ppo sac grpo)",
+    train = sub.add_parser("train", help="train an algorithm (offline: iql cql td3_bc dt bc vla_bc; online: ppo sac grpo)",
                            description="Train an algorithm. `vla-rl train ALGO --help` lists every flag.")
     train_sub = train.add_subparsers(dest="algo", metavar="ALGO", parser_class=_Parser)
     train_sub.required = True
