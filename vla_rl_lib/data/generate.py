@@ -525,7 +525,7 @@ def _driving_rows(quality: str, size: int, seed: int, kw: dict) -> tuple[dict, d
 SHIPPED = {
     "pendulum-medium-v0": dict(env="Pendulum-v1", quality="medium", size=50_000, seed=0,
                                kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
-    "pendulum-medium-replay-v0": dict(env="Pendulum-v1", quality="medium-replay", size=50_000, seed=0,
+    "pendulum-medium-replay-v0": dict(env="Pendulum-v1", quality="medium-replay", size=3_500, seed=0,
                                       kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
     "pendulum-medium-expert-v0": dict(env="Pendulum-v1", quality="medium-expert", size=50_000, seed=0,
                                       kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
