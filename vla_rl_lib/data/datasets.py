@@ -56,7 +56,8 @@ KIT_ENVS = {
     "maze": "vla_rl_lib/PointMaze-v0",
 }
 #: the point-mass maze's datasets (``vla_rl_lib.envs.maze``): quality -> the env they are evaluated on
-MAZE_QUALITIES = {"stitch": "vla_rl_lib/PointMaze-v0", "stitch-dense": "vla_rl_lib/PointMazeDense-v0"}
+MAZE_QUALITIES = {"stitch": "vla_rl_lib/PointMaze-v0", "stitch-dense": "vla_rl_lib/PointMazeDense-v0",
+                  "mixed": "vla_rl_lib/PointMaze-v0"}
 KIT_VERSIONS = {"driving": "v1"}  # everything else is -v0
 
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"

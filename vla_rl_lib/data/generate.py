@@ -405,10 +405,10 @@ def make_dataset(env: str, quality: str, size: int, output: str | os.PathLike | 
     if env_id == DRIVING_ENV_ID:
         data, meta = _driving_rows(quality, size, seed, kw)
     elif maze:
-        from vla_rl_lib.envs.maze import collect_stitching_dataset
+        from vla_rl_lib.envs.maze import collect_mixed_dataset, collect_stitching_dataset
 
-        raw = collect_stitching_dataset(size, seed, reward_type="dense" if quality.endswith("dense") else "sparse",
-                                        **kw)
+        collect = collect_mixed_dataset if quality == "mixed" else collect_stitching_dataset
+        raw = collect(size, seed, reward_type="dense" if quality.endswith("dense") else "sparse", **kw)
         data = {k: v for k, v in raw.items() if not k.startswith("metadata/")}
         meta = {k: v for k, v in raw.items() if k.startswith("metadata/")}
     elif quality == "random":
@@ -530,6 +530,7 @@ SHIPPED = {
     "pendulum-medium-expert-v0": dict(env="Pendulum-v1", quality="medium-expert", size=50_000, seed=0,
                                       kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
     "maze-stitch-v0": dict(env="maze", quality="stitch", size=30_000, seed=0, kw=dict(max_hop=3)),
+    "maze-mixed-v0": dict(env="maze", quality="mixed", size=30_000, seed=0, kw=dict()),
     "maze-stitch-dense-v0": dict(env="maze", quality="stitch-dense", size=30_000, seed=0, kw=dict(max_hop=3)),
     "hopper-medium-v0": dict(env="Hopper-v5", quality="medium", size=100_000, seed=0,
                              kw=dict(sac_steps=30_000, eval_freq=2_000, eval_episodes=3, learning_starts=5_000,

@@ -252,6 +252,52 @@ def collect_stitching_dataset(size: int, seed: int = 0, reward_type: str = "spar
     return data
 
 
+def collect_mixed_dataset(size: int, seed: int = 0, reward_type: str = "sparse", noise: float = 0.3,
+                          max_steps: int = 60) -> dict:
+    """Mixed-quality maze data in the spirit of D4RL's ``medium-expert``: alternate episodes of two
+    waypoint controllers from random open cells, one driving to the goal ``G`` (expert: the episode
+    terminates there) and one driving to the far end ``S`` (a policy for another task: it times out
+    on arrival). Cloning both averages "towards G" with "towards S" in every corridor cell; a value
+    function tells them apart.
+    """
+    if int(size) < 2:
+        raise ConfigError(f"size={size!r} must be at least 2 rows")
+    env = PointMazeEnv(reward_type=reward_type)
+    rng = np.random.default_rng(seed)
+    cells = env.open_cells
+    rows = {k: [] for k in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")}
+    n, episode = 0, 0
+    while n < size:
+        target = env.goal_cell if episode % 2 == 0 else env.start_cell
+        start = target
+        while start == target:
+            start = cells[rng.integers(len(cells))]
+        obs, _ = env.reset(seed=int(seed) * 100_003 + episode, options={"start": start})
+        controller = WaypointController(env, target, noise, rng)
+        for t in range(max_steps):
+            action = controller(obs)
+            next_obs, reward, terminated, _, _ = env.step(action)
+            last = terminated or controller.done() or t == max_steps - 1 or n == size - 1
+            for key, value in (("observations", obs), ("next_observations", next_obs), ("actions", action),
+                               ("rewards", reward), ("terminals", terminated), ("timeouts", last and not terminated)):
+                rows[key].append(value)
+            n += 1
+            obs = next_obs
+            if last:
+                break
+        episode += 1
+    data = {k: np.asarray(v, np.float32 if k in ("observations", "next_observations", "actions", "rewards") else bool)
+            for k, v in rows.items()}
+    data.update({
+        "metadata/algorithm": "waypoint controllers (vla_rl_lib.envs.maze.WaypointController): half to the goal, "
+                              "half to the start cell",
+        "metadata/maze": "\n".join(env.maze),
+        "metadata/action_noise": float(noise),
+        "metadata/reward_type": reward_type,
+    })
+    return data
+
+
 def evaluation_pairs_uncovered(data: dict) -> bool:
     """Whether no episode of ``data`` visits both the start cell and the goal cell (stitching needed)."""
     from vla_rl_lib.data.buffer import episode_bounds
