@@ -1014,7 +1014,108 @@ print("wrote", metrics_path)
 """),
 ])
 
+COMPARISON = notebook([
+    md("""
+# Offline methods side by side: where offline RL beats copying the data
+
+BC, %BC (the best 10% of episodes), IQL, CQL, TD3+BC and the Decision Transformer, trained with the
+same budget on three kinds of data the kit ships:
+
+* **expert** (`pendulum-expert-v0`): one good policy;
+* **mixed** (`pendulum-medium-expert-v0`, D4RL's `medium-expert`): a mediocre and a good policy;
+* **stitching** (`maze-stitch-v0`): short hops between nearby cells of a maze; the evaluation goes from
+  S to G, which no single trajectory in the data does.
+
+Each run is `vla_rl_lib.comparison.run_method`; the same function backs the learning tests
+(`tests/test_offline_separation.py`) and `benchmarks/offline_comparison.py`, whose measurement ships with
+the kit and feeds the method chooser (`vla_rl_lib.chooser.measured_note`).
+"""),
+    code(IMPORTS + """
+import matplotlib.pyplot as plt
+from IPython.display import Image
+
+from vla_rl_lib.chooser import QUALITIES as TREE, measured_note
+from vla_rl_lib.comparison import COMPARISON_DATASETS, compare_methods, make_trainer, summarize
+"""),
+    params(PARAM_HEAD.format(name="12_offline_method_comparison") + """
+methods = "bc,%bc,iql,cql,td3_bc,dt"
+seeds = "0,1"                  # the table's spread is over these
+steps = 3_000                  # gradient steps of every MLP method
+dt_steps = 1_000               # the (small) Decision Transformer's steps
+hidden_dim = 64
+eval_episodes = 10
+"""),
+    md(SMOKE_NOTE + "\nThe full run takes about 15 minutes on one CPU core (CQL is the slow one)."),
+    code("""
+out = Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+torch.set_num_threads(torch_threads)
+if smoke:
+    seeds, steps, dt_steps, eval_episodes = "0", 40, 20, 1
+kinds = dict(COMPARISON_DATASETS)
+t0 = time.time()
+rows = compare_methods(methods.split(","), list(kinds.values()), [int(s) for s in seeds.split(",")],
+                       {"*": steps, "dt": dt_steps}, eval_episodes=eval_episodes, hidden_dim=hidden_dim, progress=True)
+print(f"{len(rows)} runs in {time.time() - t0:.0f} s")
+"""),
+    md("## The table: mean ± std over seeds (success rate in the maze, return on Pendulum)"),
+    code("""
+returns = summarize(rows, "mean_reward")
+success = summarize(rows, "success_rate")
+table = "| data | " + " | ".join(methods.split(",")) + " |\\n|---|" + "---|" * len(methods.split(",")) + "\\n"
+for kind, dataset in kinds.items():
+    stats = success[dataset] if kind == "stitching" else returns[dataset]
+    fmt = "{:.2f} ± {:.2f}" if kind == "stitching" else "{:.0f} ± {:.0f}"
+    table += f"| {kind}: `{dataset}` | " + " | ".join(fmt.format(*stats[m][:2]) for m in methods.split(",")) + " |\\n"
+display(Markdown(table))
+"""),
+    code("""
+fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4))
+for ax, (kind, dataset) in zip(axes, kinds.items()):
+    stats = success[dataset] if kind == "stitching" else returns[dataset]
+    names = methods.split(",")
+    ax.bar(names, [stats[m][0] for m in names], yerr=[stats[m][1] for m in names], capsize=3,
+           color=["#999999" if m in ("bc", "%bc") else "#3b75af" for m in names])
+    ax.set_title(f"{kind}: {dataset}", fontsize=9)
+    ax.set_ylabel("success rate" if kind == "stitching" else "return")
+    ax.tick_params(axis="x", labelsize=8)
+fig.tight_layout()
+fig.savefig(out / "comparison.png", dpi=90)
+plt.close(fig)
+display(Image(filename=str(out / "comparison.png")))
+"""),
+    md("""## The decision tree beside the measurement
+
+The specification's tree: expert data -> IQL (or CQL); mixed -> TD3+BC; diverse -> Decision Transformer.
+Below, for each kind of data, the tree's pick and what this run measured; then the same sentence from
+the measurement that ships with the kit (what the method chooser shows)."""),
+    code("""
+tree_kind = {"expert": "expert", "mixed": "mixed", "stitching": "diverse"}
+for kind, dataset in kinds.items():
+    stats = success[dataset] if kind == "stitching" else returns[dataset]
+    best = max(stats, key=lambda m: stats[m][0])
+    pick = TREE[tree_kind[kind]]
+    print(f"{kind:9s} tree: {pick:7s} measured best: {best:7s} ({stats[best][0]:.2f}); tree's pick: {stats[pick][0]:.2f}")
+    print("          shipped measurement:", measured_note(tree_kind[kind]))
+"""),
+    md("## The stitching result, watched: IQL from S to G"),
+    code("""
+iql, buffer = make_trainer("iql", kinds["stitching"], steps, seed=0, hidden_dim=hidden_dim, output_dir=str(out / "iql"))
+iql.train(buffer)
+iql_eval = iql.evaluate(num_episodes=eval_episodes, video_path=out / "iql_maze.mp4")
+show_video(out / "iql_maze.mp4", caption=f"IQL in the maze: success rate {iql_eval['success_rate']:.2f}")
+"""),
+    code("""
+metrics = {f"{r['dataset']}/{r['method']}/seed{r['seed']}/mean_reward": r["mean_reward"] for r in rows}
+write_run_metrics(out, smoke=smoke, evaluation={"mean_reward": iql_eval["mean_reward"],
+                                                "success_rate": iql_eval["success_rate"]},
+                  runs=rows, returns={d: {m: v[0] for m, v in ms.items()} for d, ms in returns.items()})
+print("wrote", out / "metrics.json")
+"""),
+])
+
 NOTEBOOKS.update({
+    "12_offline_method_comparison": COMPARISON,
     "00_quickstart": QUICKSTART,
     "01_datasets": DATASETS,
     "09_vla_pipeline": VLA,

@@ -48,6 +48,11 @@ DATASET_HPARAMS = {
 }
 
 
+#: the comparison's three kinds of data (the specification's decision tree names them) -> a shipped dataset
+COMPARISON_DATASETS = {"expert": "pendulum-expert-v0", "mixed": "pendulum-medium-expert-v0",
+                       "stitching": "maze-stitch-v0"}
+
+
 def family(dataset: str) -> str:
     return str(dataset).split("-")[0].lower()
 
@@ -104,19 +109,34 @@ def run_method(method: str, dataset: str, steps: int, seed: int = 0, eval_episod
             "normalized_score": result.get("normalized_score", math.nan), "seconds": seconds}
 
 
-def compare_methods(methods: Iterable[str], datasets: Iterable[str], seeds: Iterable[int], steps: int,
+#: the Decision Transformer's own settings in the comparison: a small model and batch (the
+#: tests' ``SMALL``), 64 sequences of 10 steps a batch, fewer steps (a transformer step costs
+#: about ten MLP steps on a CPU)
+DT_SMALL = dict(embed_dim=32, n_layer=1, n_head=2, context_length=10, warmup_steps=100, learning_rate=1e-3,
+                batch_size=64)
+
+
+def compare_methods(methods: Iterable[str], datasets: Iterable[str], seeds: Iterable[int], steps,
                     eval_episodes: int = 10, hidden_dim: int = 256, batch_size: int = 256,
-                    progress: bool = False) -> list[dict]:
-    """:func:`run_method` for every (dataset, method, seed); one row each."""
+                    progress: bool = False, small_dt: bool = True) -> list[dict]:
+    """:func:`run_method` for every (dataset, method, seed); one row each.
+
+    ``steps`` is one budget for every method, or a dict ``{method: steps}`` (``"*"`` for the rest);
+    ``small_dt`` trains the Decision Transformer with ``DT_SMALL``.
+    """
+    budget = steps if isinstance(steps, dict) else {"*": int(steps)}
     rows = []
     for dataset in datasets:
         for method in methods:
             for seed in seeds:
-                row = run_method(method, dataset, steps, seed, eval_episodes, hidden_dim, batch_size)
+                extra = dict(DT_SMALL) if (method == "dt" and small_dt) else {}
+                bs = extra.pop("batch_size", batch_size)
+                row = run_method(method, dataset, int(budget.get(method, budget.get("*"))), seed, eval_episodes,
+                                 hidden_dim, bs, **extra)
                 rows.append(row)
                 if progress:
-                    extra = "" if math.isnan(row["success_rate"]) else f", success {row['success_rate']:.2f}"
-                    print(f"{dataset:28s} {method:7s} seed {seed}: return {row['mean_reward']:8.1f}{extra} "
+                    shown = "" if math.isnan(row["success_rate"]) else f", success {row['success_rate']:.2f}"
+                    print(f"{dataset:28s} {method:7s} seed {seed}: return {row['mean_reward']:8.1f}{shown} "
                           f"({row['seconds']:.0f} s)", flush=True)
     return rows
 

@@ -527,6 +527,8 @@ SHIPPED = {
                                kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
     "pendulum-medium-replay-v0": dict(env="Pendulum-v1", quality="medium-replay", size=3_500, seed=0,
                                       kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
+    "pendulum-expert-v0": dict(env="Pendulum-v1", quality="expert", size=20_000, seed=0,
+                               kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
     "pendulum-medium-expert-v0": dict(env="Pendulum-v1", quality="medium-expert", size=50_000, seed=0,
                                       kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
     "maze-stitch-v0": dict(env="maze", quality="stitch", size=30_000, seed=0, kw=dict(max_hop=3)),
