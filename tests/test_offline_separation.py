@@ -8,10 +8,12 @@ the comparison notebook and ``benchmarks/offline.py`` use, so the budgets here a
 there. Success rates are over 10 evaluation episodes from S (seeds 10000 + seed).
 
 How the thresholds were chosen (measured on this machine, seeds 0 and 1, see docs/offline.md,
-"Where offline RL beats behaviour cloning"): in every measured run each correct method reached the
-goal in at least 70% of the episodes and BC, IQL without advantage weights, CQL without its penalty
-and TD3 without the BC term in none. The tests ask for a margin of 0.5 over BC's success rate: half
-way between what the correct and the broken methods did.
+"Where offline RL beats behaviour cloning"). On ``maze-mixed-v0`` at 2000 steps: IQL reached the
+goal in 0.7 / 1.0 of the episodes (seed 0 / 1), CQL 1.0 / 1.0, TD3+BC 1.0 / 1.0; BC 0.0 / 0.0, IQL
+without advantage weights 0.0 (seed 0), CQL without its penalty 0.0 / 0.0, TD3 without the BC term
+0.0 / 0.0. On ``maze-stitch-v0``: IQL 1.0 (2000 and 3000 steps), BC 0.0 / 0.0, the small DT
+(800 steps) 0.0 / 0.0 at every target from -100 to -5. The tests ask for a margin of 0.5 over BC's
+success rate: half way between what the correct and the broken methods did.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 
 import vla_rl_lib.offline.td3_bc as td3_bc
-from vla_rl_lib.comparison import make_trainer, run_method
+from vla_rl_lib.comparison import DT_SMALL, make_trainer, run_method
 
 STEPS = 2000
 HIDDEN = 64
@@ -69,21 +71,27 @@ def test_beats_behaviour_cloning_on_mixed_data_and_broken_variant_does_not(metho
     assert broken < bc_mixed + MARGIN, (method, "broken", broken, bc_mixed)
 
 
-DT_SMALL = dict(embed_dim=32, n_layer=1, n_head=2, context_length=10, warmup_steps=100, learning_rate=1e-3)
+DT = {k: v for k, v in DT_SMALL.items() if k != "batch_size"}  # a small transformer, batch 64
+STITCH_STEPS = 3000
 
 
 @pytest.mark.slow
 def test_iql_stitches_the_maze_where_bc_and_dt_fail():
     """On ``maze-stitch-v0`` no episode goes from S to G: IQL's success rate beats BC's and the
     Decision Transformer's (conditioned on the data's best returns) by MARGIN."""
-    iql = _success("iql", STITCH)
-    bc = _success("bc", STITCH)
-    dt = run_method("dt", STITCH, 800, 0, eval_episodes=EPISODES, batch_size=64, **DT_SMALL)["success_rate"]
+    iql = _success("iql", STITCH, STITCH_STEPS)
+    bc = _success("bc", STITCH, STITCH_STEPS)
+    dt = run_method("dt", STITCH, 800, 0, eval_episodes=EPISODES, batch_size=64, **DT)["success_rate"]
     assert iql >= max(bc, dt) + MARGIN, (iql, bc, dt)
 
 
-#: targets for the DT on pendulum-medium-expert-v0 (episodes: medium about -750, expert about -150)
-DT_TARGETS = (-1000.0, -500.0, -150.0)
+#: targets for the DT on pendulum-medium-expert-v0 (episodes: medium about -750, expert about -150).
+#: Measured (1000 steps, DT_SMALL, batch 64, 5 episodes from seed 10000), seeds 0 / 1: target -1000
+#: -> -767 / -822, -600 -> -411 / -408, -300 -> -153 / -173 (and -100, above what the data holds,
+#: -> -513 / -250, which is why the test stays within the data's returns). The smallest rise between
+#: neighbouring targets was 235; DT_RISE asks for 100. A policy that ignores its target (BC) rises by 0.
+DT_TARGETS = (-1000.0, -600.0, -300.0)
+DT_RISE = 100.0
 
 
 @pytest.mark.slow
@@ -91,13 +99,10 @@ def test_dt_return_rises_with_its_target_return(tmp_path):
     """One DT trained on ``pendulum-medium-expert-v0``, evaluated at three target returns: the
     achieved return rises with the target (each step by at least DT_RISE), as return conditioning promises."""
     trainer, buffer = make_trainer("dt", "pendulum-medium-expert-v0", 1000, 0, batch_size=64,
-                                   output_dir=str(tmp_path), **DT_SMALL)
+                                   output_dir=str(tmp_path), **DT)
     trainer.train(buffer)
     achieved = []
     for target in DT_TARGETS:
         trainer.policy.target_return.fill_(target)
         achieved.append(trainer.evaluate(num_episodes=5)["mean_reward"])
     assert np.all(np.diff(achieved) >= DT_RISE), dict(zip(DT_TARGETS, achieved))
-
-
-DT_RISE = 50.0
