@@ -13,7 +13,7 @@ from vla_rl_lib.data.summary import summarize_dataset
 MANIFEST_DATA = json.loads(MANIFEST.read_text())
 NAMES = sorted(SHIPPED)
 DIMS = {"pendulum-medium-v0": (3, 1), "pendulum-medium-replay-v0": (3, 1), "pendulum-medium-expert-v0": (3, 1), "pendulum-expert-v0": (3, 1),
-        "hopper-medium-v0": (11, 3), "driving-expert-v1": (18, 2), "maze-stitch-v0": (4, 2), "maze-mixed-v0": (4, 2),
+        "hopper-medium-v0": (11, 3), "driving-expert-v1": (18, 2), "maze-stitch-v0": (4, 2), "maze-mixed-v0": (4, 2), "driving-mixed-v1": (18, 2),
         "maze-stitch-dense-v0": (4, 2)}
 
 

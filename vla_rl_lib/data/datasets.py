@@ -58,6 +58,16 @@ KIT_ENVS = {
 #: the point-mass maze's datasets (``vla_rl_lib.envs.maze``): quality -> the env they are evaluated on
 MAZE_QUALITIES = {"stitch": "vla_rl_lib/PointMaze-v0", "stitch-dense": "vla_rl_lib/PointMazeDense-v0",
                   "mixed": "vla_rl_lib/PointMaze-v0"}
+#: qualities a kit family accepts beyond D4RL's five (the maze has its own; driving adds ``mixed``:
+#: expert, noisy and random episodes in thirds)
+FAMILY_QUALITIES = {"maze": tuple(MAZE_QUALITIES), "driving": (*QUALITIES, "mixed")}
+
+
+def qualities_for(family: str | None) -> tuple[str, ...]:
+    """The dataset qualities the kit can make for a family key (``pendulum``, ``maze``, ``driving``, ...)."""
+    return FAMILY_QUALITIES.get(family or "", QUALITIES)
+
+
 KIT_VERSIONS = {"driving": "v1"}  # everything else is -v0
 
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
@@ -137,7 +147,7 @@ def parse_name(name: str) -> DatasetName | None:
     m = _KIT_RE.match(name)
     if m:
         env, quality, version = m.groups()
-        if version == KIT_VERSIONS.get(env, "v0") and (env == "maze") == (quality in MAZE_QUALITIES):
+        if version == KIT_VERSIONS.get(env, "v0") and quality in qualities_for(env):
             env_id = MAZE_QUALITIES[quality] if env == "maze" else KIT_ENVS[env]
             return DatasetName(name, "kit", env, env_id, quality, f"{name}.hdf5", kit_dirs())
     if "/" in name and not name.endswith((".hdf5", ".h5")) and not Path(name).expanduser().exists():
