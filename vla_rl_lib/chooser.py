@@ -201,12 +201,16 @@ def measured_note(kind: str, path: Optional[Path] = None) -> Optional[str]:
         return None
     tree = QUALITIES[_norm(kind)]
     dataset = COMPARISON_DATASETS[MEASURED_KIND[_norm(kind)]]
-    best, mean, _ = ranking[0]
-    tree_score = next((m for n, m, _ in ranking if n == tree), None)
+    best, mean, spread = ranking[0]
+    tree_mean, tree_spread = next(((m, sd) for n, m, sd in ranking if n == tree), (None, None))
     shown = ", ".join(f"{n} {m:.2f}" if abs(m) <= 1 else f"{n} {m:.0f}" for n, m, _ in ranking)
-    verdict = ("agrees" if best == tree or (tree_score is not None and abs(tree_score - mean) <= 0.05 * max(1.0, abs(mean)))
-               else "disagrees")
-    return f"Measured on {dataset} (mean over seeds): {shown}. The tree's {tree} {verdict} with the measurement."
+    if best == tree:
+        verdict = f"The tree's {tree} agrees with the measurement (best)."
+    elif tree_mean is not None and mean - tree_mean <= max(spread, tree_spread):
+        verdict = f"The tree's {tree} agrees within the spread over seeds (best: {best})."
+    else:
+        verdict = f"The tree's {tree} disagrees with the measurement (best: {best})."
+    return f"Measured on {dataset} (mean over seeds): {shown}. {verdict}"
 
 
 def comparison_table() -> list[dict]:
