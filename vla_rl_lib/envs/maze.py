@@ -200,6 +200,40 @@ class WaypointController:
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
+ROW_KEYS = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")
+
+
+def _drive(size: int, seed: int, reward_type: str, noise: float, max_steps: int, choose) -> tuple[dict, PointMazeEnv]:
+    """Episodes of the waypoint controller until ``size`` rows: ``choose(env, rng, episode) -> (start,
+    target)`` picks each episode's cells. An episode ends with a terminal at the goal, or with a
+    timeout on arrival, after ``max_steps`` or at row ``size``."""
+    if int(size) < 2:
+        raise ConfigError(f"size={size!r} must be at least 2 rows")
+    env = PointMazeEnv(reward_type=reward_type)
+    rng = np.random.default_rng(seed)
+    rows = {k: [] for k in ROW_KEYS}
+    n, episode = 0, 0
+    while n < size:
+        start, target = choose(env, rng, episode)
+        obs, _ = env.reset(seed=int(seed) * 100_003 + episode, options={"start": start})
+        controller = WaypointController(env, target, noise, rng)
+        for t in range(max_steps):
+            action = controller(obs)
+            next_obs, reward, terminated, _, _ = env.step(action)
+            last = terminated or controller.done() or t == max_steps - 1 or n == size - 1
+            for key, value in zip(ROW_KEYS, (obs, next_obs, action, reward, terminated, last and not terminated)):
+                rows[key].append(value)
+            n += 1
+            obs = next_obs
+            if last:
+                break
+        episode += 1
+    data = {k: np.asarray(v, bool if k in ("terminals", "timeouts") else np.float32) for k, v in rows.items()}
+    data.update({"metadata/maze": "\n".join(env.maze), "metadata/action_noise": float(noise),
+                 "metadata/reward_type": reward_type})
+    return data, env
+
+
 def collect_stitching_dataset(size: int, seed: int = 0, reward_type: str = "sparse", max_hop: int = 3,
                               noise: float = 0.3, max_hop_steps: int = 40) -> dict:
     """D4RL-layout rows of waypoint-controller hops between random cells at most ``max_hop`` apart.
@@ -210,44 +244,22 @@ def collect_stitching_dataset(size: int, seed: int = 0, reward_type: str = "spar
     Returns observations, next_observations, actions, rewards, terminals, timeouts and
     ``metadata/...`` describing the recipe.
     """
-    if int(size) < 2:
-        raise ConfigError(f"size={size!r} must be at least 2 rows")
     if int(max_hop) < 1:
         raise ConfigError(f"max_hop={max_hop!r} must be >= 1")
-    env = PointMazeEnv(reward_type=reward_type)
-    rng = np.random.default_rng(seed)
-    cells = env.open_cells
-    dist = {(a, b): len(shortest_path(env.walls, a, b)) - 1 for a in cells for b in cells}
-    rows = {k: [] for k in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")}
-    n, episode = 0, 0
-    while n < size:
+    walls = PointMazeEnv().walls
+    cells = PointMazeEnv().open_cells
+    dist = {(a, b): len(shortest_path(walls, a, b)) - 1 for a in cells for b in cells}
+
+    def hop(env, rng, episode):
         start = cells[rng.integers(len(cells))]
         targets = [c for c in cells if 1 <= dist[start, c] <= max_hop]
-        target = targets[rng.integers(len(targets))]
-        obs, _ = env.reset(seed=int(seed) * 100_003 + episode, options={"start": start})
-        controller = WaypointController(env, target, noise, rng)
-        for t in range(max_hop_steps):
-            action = controller(obs)
-            next_obs, reward, terminated, _, _ = env.step(action)
-            last = terminated or controller.done() or t == max_hop_steps - 1 or n == size - 1
-            for key, value in (("observations", obs), ("next_observations", next_obs), ("actions", action),
-                               ("rewards", reward), ("terminals", terminated), ("timeouts", last and not terminated)):
-                rows[key].append(value)
-            n += 1
-            obs = next_obs
-            if last:
-                break
-        episode += 1
-    data = {k: np.asarray(v, np.float32 if k in ("observations", "next_observations", "actions", "rewards") else bool)
-            for k, v in rows.items()}
-    start_goal = dist[env.start_cell, env.goal_cell]
+        return start, targets[rng.integers(len(targets))]
+
+    data, env = _drive(size, seed, reward_type, noise, max_hop_steps, hop)
     data.update({
         "metadata/algorithm": "waypoint controller (vla_rl_lib.envs.maze.WaypointController), D4RL maze2d's recipe",
-        "metadata/maze": "\n".join(env.maze),
         "metadata/max_hop": int(max_hop),
-        "metadata/action_noise": float(noise),
-        "metadata/reward_type": reward_type,
-        "metadata/start_goal_cells": int(start_goal),
+        "metadata/start_goal_cells": int(dist[env.start_cell, env.goal_cell]),
     })
     return data
 
@@ -260,41 +272,16 @@ def collect_mixed_dataset(size: int, seed: int = 0, reward_type: str = "sparse",
     on arrival). Cloning both averages "towards G" with "towards S" in every corridor cell; a value
     function tells them apart.
     """
-    if int(size) < 2:
-        raise ConfigError(f"size={size!r} must be at least 2 rows")
-    env = PointMazeEnv(reward_type=reward_type)
-    rng = np.random.default_rng(seed)
-    cells = env.open_cells
-    rows = {k: [] for k in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")}
-    n, episode = 0, 0
-    while n < size:
+    def to_goal_or_start(env, rng, episode):
         target = env.goal_cell if episode % 2 == 0 else env.start_cell
         start = target
         while start == target:
-            start = cells[rng.integers(len(cells))]
-        obs, _ = env.reset(seed=int(seed) * 100_003 + episode, options={"start": start})
-        controller = WaypointController(env, target, noise, rng)
-        for t in range(max_steps):
-            action = controller(obs)
-            next_obs, reward, terminated, _, _ = env.step(action)
-            last = terminated or controller.done() or t == max_steps - 1 or n == size - 1
-            for key, value in (("observations", obs), ("next_observations", next_obs), ("actions", action),
-                               ("rewards", reward), ("terminals", terminated), ("timeouts", last and not terminated)):
-                rows[key].append(value)
-            n += 1
-            obs = next_obs
-            if last:
-                break
-        episode += 1
-    data = {k: np.asarray(v, np.float32 if k in ("observations", "next_observations", "actions", "rewards") else bool)
-            for k, v in rows.items()}
-    data.update({
-        "metadata/algorithm": "waypoint controllers (vla_rl_lib.envs.maze.WaypointController): half to the goal, "
-                              "half to the start cell",
-        "metadata/maze": "\n".join(env.maze),
-        "metadata/action_noise": float(noise),
-        "metadata/reward_type": reward_type,
-    })
+            start = env.open_cells[rng.integers(len(env.open_cells))]
+        return start, target
+
+    data, _ = _drive(size, seed, reward_type, noise, max_steps, to_goal_or_start)
+    data["metadata/algorithm"] = ("waypoint controllers (vla_rl_lib.envs.maze.WaypointController): half to the goal, "
+                                  "half to the start cell")
     return data
 
 
