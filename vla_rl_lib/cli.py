@@ -114,8 +114,9 @@ def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.Argumen
     rs.add_argument("--no-progress", dest="progress", action="store_false")
 
     md = sub.add_parser("make-dataset", help="generate a D4RL-layout dataset (random/medium/expert/...)")
-    md.add_argument("--env", required=True, help="gymnasium id (Hopper-v5, Pendulum-v1, ...) or 'driving'")
-    md.add_argument("--quality", required=True, help="random, medium, expert, medium-replay or medium-expert")
+    md.add_argument("--env", required=True, help="gymnasium id (Hopper-v5, Pendulum-v1, ...), 'driving' or 'maze'")
+    md.add_argument("--quality", required=True, help="random, medium, expert, medium-replay or medium-expert; "
+                    "driving also 'mixed'; the maze: stitch, stitch-dense or mixed")
     md.add_argument("--size", type=int, default=1_000_000, help="number of transitions")
     md.add_argument("--output", default=None, help="output .hdf5 path (default: ./datasets/<name>.hdf5)")
     md.add_argument("--seed", type=int, default=0)
