@@ -1,11 +1,12 @@
 """Offline methods side by side: train each on a dataset at the same budget and evaluate it.
 
-``run_method("iql", "pendulum-medium-replay-v0", steps=3000, seed=0)`` trains one method and
+``run_method("iql", "maze-stitch-v0", steps=3000, seed=0)`` trains one method and
 returns its evaluation (mean return, and success rate where the environment reports one);
 ``compare_methods(methods, datasets, seeds, steps)`` does it over a grid and returns one row per run,
 which :func:`summarize` turns into a table of means and standard deviations over seeds. The learning
-tests, ``benchmarks/offline.py`` and ``notebooks/12_offline_method_comparison.ipynb`` all call these,
-so a figure in one of them means the same thing in the others.
+tests (``tests/test_offline_separation.py``), ``benchmarks/offline_comparison.py`` and
+``notebooks/12_offline_method_comparison.ipynb`` all call these, so a figure in one of them means the
+same thing in the others.
 
 Methods (``METHODS``): ``bc``, ``%bc`` (the best 10% of episodes), ``iql``, ``cql``, ``td3_bc``, ``dt``.
 Every method gets the same gradient steps, batch size and hidden width; what differs per dataset
@@ -41,7 +42,7 @@ DATASET_HPARAMS = {
              # value through the maze within a few thousand steps (tau = 0.005 had not reached the start
              # after 3000 steps: IQL's success rate 0 over 2 seeds; 0.05: 1.0)
              "iql": {"expectile": 0.9, "temperature": 10.0},
-             # the maze's episodes are short hops: a context of 20 steps covers them
+             # the maze's episodes are short hops: a context of 10 steps covers them
              "dt": {"context_length": 10, "max_ep_len": 128}},
     # Pendulum's episodes are 200 steps long; the DT's timestep table need not be 1000
     "pendulum": {"dt": {"max_ep_len": 256}},
@@ -76,10 +77,8 @@ def make_trainer(method: str, dataset: str, steps: int, seed: int = 0, hidden_di
     data = load_dataset(dataset)
     obs_dim, action_dim = data["observations"].shape[1], data["actions"].shape[1]
     buffer = OfflineReplayBuffer(obs_dim, action_dim).load_dataset(data)
-    name, _ = METHODS[method] if method in METHODS else (None, None)
-    if name is None:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    hparams = method_hparams(method, dataset, **overrides)
+    hparams = method_hparams(method, dataset, **overrides)  # (rejects an unknown method)
+    name = METHODS[method][0]
     fields = {f["name"] for f in OfflineRLConfig.field_info()}
     config = OfflineRLConfig(**{
         "num_epochs": 1, "steps_per_epoch": int(steps), "batch_size": batch_size, "hidden_dim": hidden_dim,
