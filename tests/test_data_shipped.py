@@ -13,7 +13,8 @@ from vla_rl_lib.data.summary import summarize_dataset
 MANIFEST_DATA = json.loads(MANIFEST.read_text())
 NAMES = sorted(SHIPPED)
 DIMS = {"pendulum-medium-v0": (3, 1), "pendulum-medium-replay-v0": (3, 1), "pendulum-medium-expert-v0": (3, 1), "pendulum-expert-v0": (3, 1),
-        "hopper-medium-v0": (11, 3), "driving-expert-v1": (18, 2), "maze-stitch-v0": (4, 2), "maze-mixed-v0": (4, 2), "driving-mixed-v1": (18, 2),
+        "hopper-medium-v0": (11, 3), "hopper-medium-replay-v0": (11, 3), "hopper-medium-expert-v0": (11, 3),
+        "driving-expert-v1": (18, 2), "maze-stitch-v0": (4, 2), "maze-mixed-v0": (4, 2), "driving-mixed-v1": (18, 2),
         "maze-stitch-dense-v0": (4, 2)}
 
 
@@ -74,6 +75,24 @@ def test_mixed_pendulum_datasets_are_mixed():
     half = len(returns) // 2
     assert returns[half:].mean() - returns[:half].mean() > 400  # the expert half is far better
     assert meta_value(mixed, "medium_rows") == len(mixed["rewards"]) // 2
+
+
+def test_mixed_hopper_datasets_are_mixed():
+    """Hopper's medium-replay (the SAC replay until the medium snapshot) and medium-expert (medium rows, then expert rows)."""
+    from vla_rl_lib.data.generate import episode_returns
+
+    replay = load_dataset("hopper-medium-replay-v0", data_dir=SHIPPED_DIR)
+    assert len(replay["rewards"]) == meta_value(replay, "policy_step")
+    assert summarize_dataset(replay)["return_mean"] < meta_value(replay, "medium_eval_return")
+    mixed = load_dataset("hopper-medium-expert-v0", data_dir=SHIPPED_DIR)
+    half = meta_value(mixed, "medium_rows")
+    from vla_rl_lib.data.buffer import episode_bounds
+
+    bounds = episode_bounds(mixed["terminals"], mixed["timeouts"])
+    returns = episode_returns(mixed)
+    medium = [r for (s, _), r in zip(bounds, returns) if s < half]
+    expert = [r for (s, _), r in zip(bounds, returns) if s >= half]
+    assert np.mean(expert) > np.mean(medium) + 100
 
 
 def test_driving_expert_has_images_instructions_and_beats_random():

@@ -548,6 +548,12 @@ SHIPPED = {
     "hopper-medium-v0": dict(env="Hopper-v5", quality="medium", size=100_000, seed=0,
                              kw=dict(sac_steps=30_000, eval_freq=2_000, eval_episodes=3, learning_starts=5_000,
                                      hidden_dim=128, next_observations=False, infos=False)),
+    "hopper-medium-replay-v0": dict(env="Hopper-v5", quality="medium-replay", size=10_000, seed=0,
+                                    kw=dict(sac_steps=30_000, eval_freq=2_000, eval_episodes=3, learning_starts=5_000,
+                                            hidden_dim=128, next_observations=False, infos=False)),
+    "hopper-medium-expert-v0": dict(env="Hopper-v5", quality="medium-expert", size=50_000, seed=0,
+                                    kw=dict(sac_steps=30_000, eval_freq=2_000, eval_episodes=3, learning_starts=5_000,
+                                            hidden_dim=128, next_observations=False, infos=False)),
     "driving-expert-v1": dict(env="driving", quality="expert", size=20_000, seed=0,
                               kw=dict(difficulty="easy", image_size=64)),
 }
