@@ -1045,7 +1045,7 @@ dt_steps = 1_000               # the (small) Decision Transformer's steps
 hidden_dim = 64
 eval_episodes = 10
 """),
-    md(SMOKE_NOTE + "\nThe full run takes about 15 minutes on one CPU core (CQL is the slow one)."),
+    md(SMOKE_NOTE + "\nThe full run took 19.5 minutes on one core of a loaded 2-core machine (CQL is the slow one)."),
     code("""
 out = Path(output_dir)
 out.mkdir(parents=True, exist_ok=True)
