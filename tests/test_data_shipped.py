@@ -12,7 +12,10 @@ from vla_rl_lib.data.summary import summarize_dataset
 
 MANIFEST_DATA = json.loads(MANIFEST.read_text())
 NAMES = sorted(SHIPPED)
-DIMS = {"pendulum-medium-v0": (3, 1), "hopper-medium-v0": (11, 3), "driving-expert-v1": (18, 2)}
+DIMS = {"pendulum-medium-v0": (3, 1), "pendulum-medium-replay-v0": (3, 1), "pendulum-medium-expert-v0": (3, 1), "pendulum-expert-v0": (3, 1),
+        "hopper-medium-v0": (11, 3), "hopper-medium-replay-v0": (11, 3), "hopper-medium-expert-v0": (11, 3),
+        "driving-expert-v1": (18, 2), "maze-stitch-v0": (4, 2), "maze-mixed-v0": (4, 2), "driving-mixed-v1": (18, 2),
+        "maze-stitch-dense-v0": (4, 2)}
 
 
 def test_every_shipped_dataset_is_in_the_manifest():
@@ -55,6 +58,41 @@ def test_medium_is_between_random_and_expert(name):
     assert meta_value(data, "medium_eval_return") >= meta_value(data, "medium_target_return")
     assert meta_value(data, "algorithm").startswith("SAC") and meta_value(data, "sac_steps") > 0
     assert any(k.startswith("metadata/policy/") for k in data)
+
+
+def test_mixed_pendulum_datasets_are_mixed():
+    """medium-replay: the SAC replay buffer up to the medium snapshot (below medium on average, with
+    episodes from random-like to medium); medium-expert: half medium, half expert episodes."""
+    replay = load_dataset("pendulum-medium-replay-v0", data_dir=SHIPPED_DIR)
+    r_random, r_medium = meta_value(replay, "random_return"), meta_value(replay, "medium_eval_return")
+    s = summarize_dataset(replay)
+    assert s["return_mean"] < r_medium and s["return_min"] < r_random < r_medium < s["return_max"]
+    assert meta_value(replay, "policy_step") == s["n_transitions"]  # every step SAC took until the snapshot
+    mixed = load_dataset("pendulum-medium-expert-v0", data_dir=SHIPPED_DIR)
+    from vla_rl_lib.data.generate import episode_returns
+
+    returns = episode_returns(mixed)
+    half = len(returns) // 2
+    assert returns[half:].mean() - returns[:half].mean() > 400  # the expert half is far better
+    assert meta_value(mixed, "medium_rows") == len(mixed["rewards"]) // 2
+
+
+def test_mixed_hopper_datasets_are_mixed():
+    """Hopper's medium-replay (the SAC replay until the medium snapshot) and medium-expert (medium rows, then expert rows)."""
+    from vla_rl_lib.data.generate import episode_returns
+
+    replay = load_dataset("hopper-medium-replay-v0", data_dir=SHIPPED_DIR)
+    assert len(replay["rewards"]) == meta_value(replay, "policy_step")
+    assert summarize_dataset(replay)["return_mean"] < meta_value(replay, "medium_eval_return")
+    mixed = load_dataset("hopper-medium-expert-v0", data_dir=SHIPPED_DIR)
+    half = meta_value(mixed, "medium_rows")
+    from vla_rl_lib.data.buffer import episode_bounds
+
+    bounds = episode_bounds(mixed["terminals"], mixed["timeouts"])
+    returns = episode_returns(mixed)
+    medium = [r for (s, _), r in zip(bounds, returns) if s < half]
+    expert = [r for (s, _), r in zip(bounds, returns) if s >= half]
+    assert np.mean(expert) > np.mean(medium) + 100
 
 
 def test_driving_expert_has_images_instructions_and_beats_random():

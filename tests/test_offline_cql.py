@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from vla_rl_lib.errors import ConfigError, DatasetError, TrainingDivergedError
-from vla_rl_lib.offline import cql
+from vla_rl_lib.errors import ConfigError, DatasetError
 from vla_rl_lib.offline.cql import CQLTrainer, cql_penalty, entropy_temperature_loss, sac_policy_loss
 from vla_rl_lib.trainer import Trainer
 
@@ -119,46 +118,8 @@ def test_td_target_action(tmp_path, target_action):
 
 
 # ------------------------------------------------------------------------------------------------
-# learning
+# learning: tests/test_offline_separation.py
 # ------------------------------------------------------------------------------------------------
-LEARN_STEPS = 1000
-LEARN_KW = dict(hidden_dim=128, batch_size=256)
-
-
-def _learned_return(tmp_path, seed: int) -> float:
-    trainer = CQLTrainer(3, 1, config=_config(tmp_path / f"s{seed}", LEARN_STEPS, seed=seed, **LEARN_KW),
-                         cql_samples=4)
-    trainer.train(_buffer())
-    return trainer.evaluate(num_episodes=10)["mean_reward"]  # the dataset's Pendulum-v1, seeds from 10000
-
-
-@pytest.mark.slow
-def test_cql_learns_pendulum_and_beats_inverted_penalty(tmp_path, monkeypatch):
-    """CQL beats the untrained policy clearly; with the penalty's sign inverted it does far worse.
-
-    Measured (1000 steps, 128-wide networks, batch 256, cql_samples=4, 10 evaluation episodes from
-    seed 10000, the default; ``/tmp`` script driving exactly this setup, see docs/offline.md):
-    trained CQL returned -623 (seed 0) and -750 (seed 1); the untrained policy -1342 / -1431;
-    the dataset's episodes average -715 (its medium SAC policy -477 deterministic); with the
-    penalty inverted (optimism on unseen actions) seed 0 returned -1743. The test trains seed 0
-    (deterministic on one machine) and asks for better than -850 -- 230 below the measurement, about
-    500 above the untrained policy -- and for the inverted variant to be at least 300 worse (it
-    was 1120 worse) or to diverge. (Before session 4's change of CQL's update order and TD-target
-    action the same runs gave -546, -747 and -1757.)
-    """
-    untrained = CQLTrainer(3, 1, config=_config(tmp_path / "u", 1, env="Pendulum-v1", **LEARN_KW), cql_samples=4)
-    untrained.attach_buffer(_buffer())
-    untrained_return = untrained.evaluate(num_episodes=10, seed=1000)["mean_reward"]
-    assert untrained_return < -1100, untrained_return
-
-    learned = _learned_return(tmp_path, seed=0)
-    assert learned > -850, learned
-    assert learned > untrained_return + 400
-
-    original = cql.cql_penalty
-    monkeypatch.setattr(cql, "cql_penalty", lambda *a, **k: -original(*a, **k))
-    try:
-        broken = _learned_return(tmp_path / "broken", seed=0)
-    except TrainingDivergedError:
-        return
-    assert broken < learned - 300, (broken, learned)
+# The learning test that lived here asked for a return below the dataset's own average, which
+# behaviour cloning passes as well. It is replaced by tests/test_offline_separation.py, where CQL must
+# beat behaviour cloning on mixed data by a margin and CQL without its penalty must not (issue 15).

@@ -141,57 +141,12 @@ def test_default_target_is_the_90th_percentile_of_dataset_returns(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# learning
+# learning: tests/test_offline_separation.py
 # ------------------------------------------------------------------------------------------------
-LEARN_STEPS = 800
-#: Threshold chosen from measurement (seeds 0-4, 800 steps, 5 evaluation episodes, see
-#: docs/offline.md): the trained DT scored -196 to -468 (mean -347); the same models before
-#: training scored -907 to -1506 (3 episodes); random actions score about -1150 and the dataset's
-#: episodes average -349. -650 sits 180 below the worst trained seed and 250 above the best untrained.
-LEARN_THRESHOLD = -650.0
-
-
-@pytest.mark.slow
-def test_dt_learns_pendulum(tmp_path):
-    trainer = DecisionTransformerTrainer(3, 1, config=_config(tmp_path, LEARN_STEPS), **SMALL)
-    buffer = pendulum_buffer()
-    trainer.attach_buffer(buffer)
-    untrained = trainer.evaluate(3)["mean_reward"]
-    trainer.train(buffer)
-    good = trainer.evaluate(5)["mean_reward"]
-    assert untrained < LEARN_THRESHOLD, untrained  # the bar is one an untrained policy misses
-    assert good > LEARN_THRESHOLD, (good, untrained)
-    assert good - untrained > 300, (good, untrained)
-    # the loss went down
-    import csv
-
-    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    losses = [float(r["policy_loss"]) for r in rows if r.get("policy_loss")]
-    assert losses[-1] < 0.7 * losses[0], losses
-
-
-SHIPPED_STEPS = 1000
-#: On the kit's shipped ``pendulum-medium-v0`` (episodes average -715; reference random -1248):
-#: seeds 0-2 at 1000 steps (SMALL, 5 evaluation episodes, default target = 90th percentile, -512)
-#: reached -643, -692, -753; the same models untrained scored -1010, -1283, -1245. -880 sits 127
-#: below the worst trained seed and 130 above the best untrained one.
-SHIPPED_THRESHOLD = -880.0
-
-
-@pytest.mark.slow
-def test_dt_learns_shipped_pendulum_medium(tmp_path):
-    from vla_rl_lib.data import load_dataset
-    from vla_rl_lib.data.buffer import OfflineReplayBuffer
-
-    buffer = OfflineReplayBuffer(3, 1).load_dataset(load_dataset("pendulum-medium-v0"))
-    trainer = DecisionTransformerTrainer(3, 1, config=_config(tmp_path, SHIPPED_STEPS), **SMALL)
-    trainer.attach_buffer(buffer)
-    untrained = trainer.evaluate(5)["mean_reward"]
-    trainer.train(buffer)
-    good = trainer.evaluate(5)["mean_reward"]
-    assert untrained < SHIPPED_THRESHOLD, untrained
-    assert good > SHIPPED_THRESHOLD, (good, untrained)
-    assert good - untrained > 200, (good, untrained)
+# The learning tests that lived here asked for returns below the datasets' own averages, which
+# behaviour cloning passes as well. They are replaced by tests/test_offline_separation.py: the DT's
+# achieved return must rise with its target return (which a policy ignoring the target cannot do),
+# and on the maze's stitching data IQL must beat it (issue 15).
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import torch
 
 from vla_rl_lib.data.buffer import OfflineReplayBuffer
 from vla_rl_lib.errors import ConfigError, DatasetError
-from vla_rl_lib.offline import iql
 from vla_rl_lib.offline.iql import IQLTrainer, awr_policy_loss, expectile_loss, q_loss
 from vla_rl_lib.trainer import Trainer
 
@@ -159,42 +158,8 @@ def test_metrics_logged(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# learning
+# learning: tests/test_offline_separation.py
 # ------------------------------------------------------------------------------------------------
-LEARN_STEPS = 3000
-LEARN_KW = dict(hidden_dim=256, batch_size=256)
-IQL_GAP = 250
-
-
-def _learned_return(tmp_path, seed: int) -> float:
-    trainer = IQLTrainer(3, 1, config=_config(tmp_path / f"s{seed}", LEARN_STEPS, seed=seed, **LEARN_KW))
-    trainer.train(_buffer())
-    return trainer.evaluate(num_episodes=10)["mean_reward"]  # the dataset's Pendulum-v1, seeds from 10000
-
-
-@pytest.mark.slow
-def test_iql_learns_pendulum_and_beats_broken_variant(tmp_path, monkeypatch):
-    """IQL beats the untrained policy clearly, and the sign-flipped advantage does far worse.
-
-    Measured (3000 steps, 256-wide networks, batch 256, 10 evaluation episodes from seed 10000, the
-    default; see docs/offline.md): trained IQL returned -593 (seed 0; 1500 steps gave only -964 /
-    -984, 2000 steps -369 / -515, so 3000 is the smallest budget measured safe); the untrained policy
-    -1521 / -1482 (seed 0 / 1, evaluation seed 1000); the dataset's episodes average -715. With the
-    advantage's sign flipped (imitating the worst actions) seed 0 returned -1129. The test
-    trains seed 0 (deterministic on one machine) and asks for better than -850 (250 below the
-    measurement, about 650 above the untrained policy) and for the broken variant to be at least
-    250 worse (it was 536 worse).
-    """
-    untrained = IQLTrainer(3, 1, config=_config(tmp_path / "u", 1, env="Pendulum-v1", **LEARN_KW))
-    untrained.attach_buffer(_buffer())
-    untrained_return = untrained.evaluate(num_episodes=10, seed=1000)["mean_reward"]
-    assert untrained_return < -1100, untrained_return
-
-    learned = _learned_return(tmp_path, seed=0)
-    assert learned > -850, learned
-    assert learned > untrained_return + 400
-
-    original = iql.awr_policy_loss
-    monkeypatch.setattr(iql, "awr_policy_loss", lambda bc, adv, t, m=100.0: original(bc, -adv, t, m))
-    broken = _learned_return(tmp_path / "broken", seed=0)
-    assert broken < learned - IQL_GAP, (broken, learned)
+# The learning test that lived here asked for a return below the dataset's own average, which
+# behaviour cloning passes as well. It is replaced by tests/test_offline_separation.py, where IQL must
+# beat behaviour cloning on mixed data by a margin and its broken variant must not (issue 15).

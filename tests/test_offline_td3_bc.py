@@ -17,7 +17,6 @@ import torch
 from vla_rl_lib.config import OfflineRLConfig
 from vla_rl_lib.data.buffer import OfflineReplayBuffer
 from vla_rl_lib.errors import ConfigError, DatasetError
-from vla_rl_lib.offline import td3_bc
 from vla_rl_lib.offline.td3_bc import TD3BCTrainer, critic_loss, td3_bc_actor_loss, td3_target
 from vla_rl_lib.trainer import Trainer
 
@@ -149,65 +148,12 @@ def test_prenormalised_buffer_gives_same_networks_inputs(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# learning
+# learning: tests/test_offline_separation.py
 # ------------------------------------------------------------------------------------------------
-LEARN_STEPS = 2000
-#: Threshold chosen from measurement (seeds 0-4, 2000 steps, 5 evaluation episodes, see
-#: docs/offline.md): TD3+BC reached -195 to -440 (mean -312); the same with the BC sign
-#: flipped reached -1287 to -1635 (mean -1496); the untrained policy and random actions score about
-#: -1150; the dataset's episodes average -349. -700 leaves 260 of margin below the worst seed and
-#: 580 above the best broken run.
-LEARN_THRESHOLD = -700.0
-
-
-@pytest.mark.slow
-def test_td3_bc_learns_pendulum_and_flipped_bc_does_worse(tmp_path, monkeypatch):
-    """TD3+BC beats the threshold; with the BC term's sign flipped (the actor pushed *away* from
-    the data actions) the same budget ends far below (measured -1287 to -1635 over 5 seeds)."""
-    trainer = TD3BCTrainer(3, 1, config=_config(tmp_path / "good", LEARN_STEPS))
-    untrained = trainer.evaluate(3)["mean_reward"]
-    trainer.train(pendulum_buffer())
-    good = trainer.evaluate(5)["mean_reward"]
-    assert untrained < LEARN_THRESHOLD - 200, untrained  # the bar is one an untrained policy misses
-    assert good > LEARN_THRESHOLD, good
-
-    original = td3_bc.td3_bc_actor_loss
-
-    def flipped(q_pi, pi, actions, alpha):
-        loss, bc, lmbda = original(q_pi, pi, actions, alpha)
-        return loss - 2 * bc, bc, lmbda  # -lambda Q - (pi - a)^2
-
-    monkeypatch.setattr(td3_bc, "td3_bc_actor_loss", flipped)
-    broken = TD3BCTrainer(3, 1, config=_config(tmp_path / "broken", LEARN_STEPS))
-    broken.train(pendulum_buffer())
-    bad = broken.evaluate(5)["mean_reward"]
-    assert bad < LEARN_THRESHOLD, bad
-    assert good - bad > 300, (good, bad)
-
-
-SHIPPED_STEPS = 5000
-#: On the kit's shipped ``pendulum-medium-v0`` (episodes average -715; reference random -1248):
-#: seeds 0-2 at 5000 steps (hidden 64, batch 256, 5 evaluation episodes) reached -641, -756, -762;
-#: the same models untrained scored -1035, -1194, -1294. -880 sits 118 below the worst trained seed
-#: and 155 above the best untrained one.
-SHIPPED_THRESHOLD = -880.0
-
-
-@pytest.mark.slow
-def test_td3_bc_learns_shipped_pendulum_medium(tmp_path):
-    from vla_rl_lib.data import load_dataset
-
-    buffer = OfflineReplayBuffer(3, 1).load_dataset(load_dataset("pendulum-medium-v0"))
-    trainer = TD3BCTrainer(3, 1, config=_config(tmp_path, SHIPPED_STEPS))
-    trainer.attach_buffer(buffer)
-    assert trainer.env_id == "Pendulum-v1" and trainer.dataset_name == "pendulum-medium-v0"
-    untrained = trainer.evaluate(5)["mean_reward"]
-    trainer.train(buffer)
-    result = trainer.evaluate(5)
-    assert untrained < SHIPPED_THRESHOLD, untrained
-    assert result["mean_reward"] > SHIPPED_THRESHOLD, (result, untrained)
-    assert result["mean_reward"] - untrained > 200, (result, untrained)
-    assert result["normalized_score"] > 25.0  # (-880 - -1248) / (-149 - -1248) * 100 = 33.5
+# The learning tests that lived here asked for returns below the datasets' own averages, which
+# behaviour cloning passes as well. They are replaced by tests/test_offline_separation.py, where
+# TD3+BC must beat behaviour cloning on mixed data by a margin and TD3 without the BC term must not
+# (issue 15).
 
 
 # ------------------------------------------------------------------------------------------------

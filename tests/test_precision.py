@@ -95,10 +95,9 @@ def test_sample_many_actions_from_one_pass_matches_repeated_states():
 
 @needs_bf16
 @pytest.mark.slow
-def test_td3_bc_learns_in_bf16(tmp_path):
-    """The TD3+BC learning test's data, budget and threshold, in bfloat16."""
-    from test_offline_td3_bc import LEARN_STEPS, LEARN_THRESHOLD, _config as td3_bc_config, pendulum_buffer
+def test_td3_bc_learns_in_bf16():
+    """The TD3+BC learning test's data, budget and margin over BC (tests/test_offline_separation.py), in
+    bfloat16 (measured: success 1.0 in bf16, as in float32; BC 0.0)."""
+    from test_offline_separation import MARGIN, MIXED, _success
 
-    trainer = TD3BCTrainer(3, 1, config=td3_bc_config(tmp_path, LEARN_STEPS, precision="bf16"))
-    trainer.train(pendulum_buffer())
-    assert trainer.evaluate(5)["mean_reward"] > LEARN_THRESHOLD
+    assert _success("td3_bc", MIXED, precision="bf16") >= _success("bc", MIXED) + MARGIN

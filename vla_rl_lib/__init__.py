@@ -36,6 +36,7 @@ _EXPORTS = {
     "load_dataset": "vla_rl_lib.data.datasets",
     "normalized_score": "vla_rl_lib.data.datasets",
     "IQLTrainer": "vla_rl_lib.offline.iql",
+    "BCTrainer": "vla_rl_lib.offline.bc",
     "CQLTrainer": "vla_rl_lib.offline.cql",
     "TD3BCTrainer": "vla_rl_lib.offline.td3_bc",
     "DecisionTransformerTrainer": "vla_rl_lib.offline.decision_transformer",

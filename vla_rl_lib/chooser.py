@@ -19,12 +19,13 @@ screen.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from vla_rl_lib.errors import ConfigError
 
 __all__ = ["MethodInfo", "METHODS", "GOALS", "QUALITIES", "DATASET_QUALITY_TO_TREE", "Recommendation",
-           "recommend_method", "explain", "tree_quality", "comparison_table"]
+           "recommend_method", "explain", "tree_quality", "comparison_table", "measured_ranking", "measured_note"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Recommendation:
     path: list[str]
     reason: str
     alternatives: list[str] = field(default_factory=list)
+    measured: Optional[str] = None  # the tree's answer beside the kit's measurement (offline only)
 
     @property
     def info(self) -> MethodInfo:
@@ -136,6 +138,8 @@ def explain(env_access: bool, goal: Optional[str] = None, dataset_quality: Optio
         path.append({"expert": "Dataset quality: expert -> IQL/CQL", "mixed": "Dataset quality: mixed -> TD3+BC",
                      "diverse": "Dataset quality: diverse -> DT"}[q])
         reason = _QUALITY_TEXT[q]
+        return Recommendation(method=method, path=path, reason=reason, alternatives=list(_ALTERNATIVES[method]),
+                              measured=measured_note(q))
     return Recommendation(method=method, path=path, reason=reason, alternatives=list(_ALTERNATIVES[method]))
 
 
@@ -153,6 +157,60 @@ def tree_quality(dataset_quality: Optional[str]) -> Optional[str]:
     if q in QUALITIES:
         return q
     return DATASET_QUALITY_TO_TREE.get(q)
+
+
+#: what ``benchmarks/offline_comparison.py`` measured (BC, %BC, IQL, CQL, TD3+BC, DT over seeds on an
+#: expert, a mixed and a stitching dataset), shipped with the kit
+MEASURED_FILE = Path(__file__).resolve().parent / "measured_comparison.json"
+#: the tree's kinds of data -> the kind of shipped dataset measured for it (stitching data is diverse)
+MEASURED_KIND = {"expert": "expert", "mixed": "mixed", "diverse": "stitching"}
+
+
+def measured_ranking(kind: str, path: Optional[Path] = None) -> list[tuple[str, float, float]]:
+    """``[(method, mean, std), ...]`` best first, for the tree's ``expert``/``mixed``/``diverse`` data,
+    from the shipped measurement (success rate where the task has one, else mean return); ``[]``
+    when nothing was measured for that kind."""
+    import json
+    import math
+
+    from vla_rl_lib.comparison import COMPARISON_DATASETS
+
+    path = Path(path) if path is not None else MEASURED_FILE
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text()).get("rows", [])
+    dataset = COMPARISON_DATASETS.get(MEASURED_KIND.get(_norm(kind) or "", ""), None)
+    rows = [r for r in rows if r["dataset"] == dataset]
+    if not rows:
+        return []
+    key = "success_rate" if all(not math.isnan(float(r["success_rate"])) for r in rows) else "mean_reward"
+    by_method: dict[str, list[float]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(float(r[key]))
+    stats = [(m, sum(v) / len(v), (sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v)) ** 0.5)
+             for m, v in by_method.items()]
+    return sorted(stats, key=lambda t: -t[1])
+
+
+def measured_note(kind: str, path: Optional[Path] = None) -> Optional[str]:
+    """One sentence setting the tree's answer for ``kind`` beside what was measured (None if nothing was)."""
+    from vla_rl_lib.comparison import COMPARISON_DATASETS
+
+    ranking = measured_ranking(kind, path)
+    if not ranking:
+        return None
+    tree = QUALITIES[_norm(kind)]
+    dataset = COMPARISON_DATASETS[MEASURED_KIND[_norm(kind)]]
+    best, mean, spread = ranking[0]
+    tree_mean, tree_spread = next(((m, sd) for n, m, sd in ranking if n == tree), (None, None))
+    shown = ", ".join(f"{n} {m:.2f}" if abs(m) <= 1 else f"{n} {m:.0f}" for n, m, _ in ranking)
+    if best == tree:
+        verdict = f"The tree's {tree} agrees with the measurement (best)."
+    elif tree_mean is not None and mean - tree_mean <= max(spread, tree_spread):
+        verdict = f"The tree's {tree} agrees within the spread over seeds (best: {best})."
+    else:
+        verdict = f"The tree's {tree} disagrees with the measurement (best: {best})."
+    return f"Measured on {dataset} (mean over seeds): {shown}. {verdict}"
 
 
 def comparison_table() -> list[dict]:

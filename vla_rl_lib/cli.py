@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 from vla_rl_lib.errors import ConfigError, VLARLError
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$|^-nan$")
-OFFLINE = ("iql", "cql", "td3_bc", "dt", "bc")
+OFFLINE = ("iql", "cql", "td3_bc", "dt", "bc", "vla_bc")
 ONLINE = ("ppo", "sac", "grpo")
 
 
@@ -84,7 +84,7 @@ def _add_train_parser(sub, algo: str, required: bool = False) -> None:
 
 
 #: command-line defaults that differ from the config's (the specification's pipeline paths)
-ALGO_CLI_DEFAULTS = {"bc": {"dataset": "driving-expert-v1", "output_dir": "./output/stage2_action_head"}}
+ALGO_CLI_DEFAULTS = {"vla_bc": {"dataset": "driving-expert-v1", "output_dir": "./output/stage2_action_head"}}
 
 
 def _cli_defaults(cls) -> dict:
@@ -106,7 +106,7 @@ def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.Argumen
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    train = sub.add_parser("train", help="train an algorithm (offline: iql cql td3_bc dt; online: ppo sac grpo)",
+    train = sub.add_parser("train", help="train an algorithm (offline: iql cql td3_bc dt bc vla_bc; online: ppo sac grpo)",
                            description="Train an algorithm. `vla-rl train ALGO --help` lists every flag.")
     train_sub = train.add_subparsers(dest="algo", metavar="ALGO", parser_class=_Parser)
     train_sub.required = True
@@ -127,8 +127,9 @@ def build_parser(algorithms: Optional[Sequence[str]] = None) -> argparse.Argumen
     rs.add_argument("--no-progress", dest="progress", action="store_false")
 
     md = sub.add_parser("make-dataset", help="generate a D4RL-layout dataset (random/medium/expert/...)")
-    md.add_argument("--env", required=True, help="gymnasium id (Hopper-v5, Pendulum-v1, ...) or 'driving'")
-    md.add_argument("--quality", required=True, help="random, medium, expert, medium-replay or medium-expert")
+    md.add_argument("--env", required=True, help="gymnasium id (Hopper-v5, Pendulum-v1, ...), 'driving' or 'maze'")
+    md.add_argument("--quality", required=True, help="random, medium, expert, medium-replay or medium-expert; "
+                    "driving also 'mixed'; the maze: stitch, stitch-dense or mixed")
     md.add_argument("--size", type=int, default=1_000_000, help="number of transitions")
     md.add_argument("--output", default=None, help="output .hdf5 path (default: ./datasets/<name>.hdf5)")
     md.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,8 @@
 """The kit's main job: execute ``notebooks/00_quickstart.ipynb`` with papermill.
 
 ``vla-rl quickstart`` runs the quickstart notebook (a real PPO run on CartPole-v1 and a real IQL
-run on the shipped ``pendulum-medium-v0`` dataset, each with a live reward plot and a rollout video)
+run on the shipped ``maze-stitch-v0`` dataset against behaviour cloning at the same budget, each with a
+live reward plot and a rollout video)
 into a run directory and prints where the executed notebook, plots and videos are and how to open
 them in JupyterLab.
 """

@@ -49,9 +49,10 @@ ALGORITHMS = {
     "ppo": "vla_rl_lib.online.ppo:PPOTrainer",
     "sac": "vla_rl_lib.online.sac:SACTrainer",
     "grpo": "vla_rl_lib.online.grpo:GRPOTrainer",
-    "bc": "vla_rl_lib.vla.bc:BCTrainer",
+    "bc": "vla_rl_lib.offline.bc:BCTrainer",
+    "vla_bc": "vla_rl_lib.vla.bc:BCTrainer",
 }
-ALIASES = {"td3bc": "td3_bc", "td3+bc": "td3_bc", "decision_transformer": "dt", "decision-transformer": "dt"}
+ALIASES = {"%bc": "bc", "filtered_bc": "bc", "td3bc": "td3_bc", "td3+bc": "td3_bc", "decision_transformer": "dt", "decision-transformer": "dt"}
 
 
 def get_trainer_class(name: str) -> type["Trainer"]:

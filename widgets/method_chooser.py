@@ -83,7 +83,9 @@ class MethodChooser(w.VBox):
             f"<table><tr><th>Type</th><th>Sample efficiency</th><th>Stability</th><th>Best for</th></tr>"
             f"<tr><td>{info.kind.capitalize()}</td><td>{info.sample_efficiency}</td><td>{info.stability}</td>"
             f"<td>{info.best_for}</td></tr></table>"
-            f"<p>Also consider: {alts}. Notebook: <a href='{info.notebook}' target='_blank'>{info.notebook}</a></p>")
+            f"<p>Also consider: {alts}. Notebook: <a href='{info.notebook}' target='_blank'>{info.notebook}</a></p>"
+            + (f"<p><b>Measured</b> (<code>benchmarks/offline_comparison.py</code>, "
+               f"<code>12_offline_method_comparison.ipynb</code>): {html.escape(rec.measured)}</p>" if rec.measured else ""))
         self.parameters.value = ""
         return rec.method
 

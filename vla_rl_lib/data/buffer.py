@@ -356,6 +356,32 @@ class OfflineReplayBuffer:
             out.append(ep)
         return out
 
+    def episode_returns(self) -> np.ndarray:
+        """Undiscounted return of each episode, in order (as in the data, without reward scaling)."""
+        self._require_data()
+        rewards = self._rewards.cpu().numpy()
+        bounds = episode_bounds(self._terminals.cpu().numpy(), self._timeouts.cpu().numpy())
+        return np.array([rewards[s:e].sum(dtype=np.float64) for s, e in bounds])
+
+    def top_episodes(self, fraction: float) -> "EpisodeSubset":
+        """A view holding only the transitions of the best ``fraction`` of episodes by return
+        (``ceil(fraction * episodes)`` of them; filtered behaviour cloning, ``%BC``)."""
+        self._require_data()
+        if not 0.0 < float(fraction) <= 1.0:
+            raise DatasetError(f"fraction={fraction!r} must be in (0, 1]")
+        bounds = episode_bounds(self._terminals.cpu().numpy(), self._timeouts.cpu().numpy())
+        returns = self.episode_returns()
+        keep = np.argsort(-returns, kind="stable")[: max(1, int(np.ceil(float(fraction) * len(bounds))))]
+        rows = np.zeros(self._rows, bool)
+        for i in keep:
+            rows[bounds[i][0]:bounds[i][1]] = True
+        if self._index is not None:
+            rows = rows[self._index.cpu().numpy()]
+        positions = torch.from_numpy(np.flatnonzero(rows)).to(self.device)
+        if positions.numel() == 0:
+            raise DatasetError(f"the best {fraction:.0%} of the episodes hold no transition; raise the fraction")
+        return EpisodeSubset(self, positions, float(returns[keep].min()))
+
     def nbytes(self) -> int:
         """Bytes held by the buffer's tensors (the instruction strings not counted)."""
         total = 0
@@ -368,6 +394,35 @@ class OfflineReplayBuffer:
     def __repr__(self) -> str:
         return (f"OfflineReplayBuffer(obs_dim={self.obs_dim}, action_dim={self.action_dim}, transitions={len(self)}, "
                 f"dataset={self.dataset_name!r}, env_id={self.env_id!r}, device={str(self.device)!r})")
+
+
+class EpisodeSubset:
+    """Some episodes of an :class:`OfflineReplayBuffer` (see ``top_episodes``): ``sample``, ``get`` and
+    ``len`` see only their transitions; everything else (sizes, device, normalisation, ``env_id``)
+    is the parent buffer's."""
+
+    def __init__(self, buffer: OfflineReplayBuffer, positions: torch.Tensor, min_return: float):
+        self.parent = buffer
+        self.positions = positions
+        self.min_return = min_return  # the lowest return among the kept episodes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parent, name)
+
+    def __len__(self) -> int:
+        return int(self.positions.numel())
+
+    def get(self, indices: torch.Tensor) -> dict:
+        return self.parent.get(self.positions.index_select(0, indices.to(self.positions.device, torch.int64)))
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
+        if int(batch_size) <= 0:
+            raise DatasetError(f"batch_size must be positive, got {batch_size}")
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        return self.get(torch.randint(len(self), (int(batch_size),), generator=generator, device=gen_device))
+
+    def __repr__(self) -> str:
+        return f"EpisodeSubset({len(self)} of {len(self.parent)} transitions, returns >= {self.min_return:.4g})"
 
 
 def _numpy(x: Any) -> Any:

@@ -53,7 +53,21 @@ KIT_ENVS = {
     "halfcheetah": "HalfCheetah-v5",
     "walker2d": "Walker2d-v5",
     "driving": DRIVING_ENV_ID,
+    "maze": "vla_rl_lib/PointMaze-v0",
 }
+#: the point-mass maze's datasets (``vla_rl_lib.envs.maze``): quality -> the env they are evaluated on
+MAZE_QUALITIES = {"stitch": "vla_rl_lib/PointMaze-v0", "stitch-dense": "vla_rl_lib/PointMazeDense-v0",
+                  "mixed": "vla_rl_lib/PointMaze-v0"}
+#: qualities a kit family accepts beyond D4RL's five (the maze has its own; driving adds ``mixed``:
+#: expert, noisy and random episodes in thirds)
+FAMILY_QUALITIES = {"maze": tuple(MAZE_QUALITIES), "driving": (*QUALITIES, "mixed")}
+
+
+def qualities_for(family: str | None) -> tuple[str, ...]:
+    """The dataset qualities the kit can make for a family key (``pendulum``, ``maze``, ``driving``, ...)."""
+    return FAMILY_QUALITIES.get(family or "", QUALITIES)
+
+
 KIT_VERSIONS = {"driving": "v1"}  # everything else is -v0
 
 #: (observation size, action size) of the vector-observation tasks the kit's and D4RL's datasets come from
@@ -66,7 +80,7 @@ def env_ids_with_sizes(obs_dim: int, action_dim: int) -> list[str]:
 
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
 
-_QUAL = "|".join(re.escape(q) for q in sorted(QUALITIES, key=len, reverse=True))
+_QUAL = "|".join(re.escape(q) for q in sorted((*QUALITIES, *MAZE_QUALITIES), key=len, reverse=True))
 _D4RL_RE = re.compile(rf"^(hopper|halfcheetah|walker2d)-({_QUAL})-v2$")
 _KIT_RE = re.compile(rf"^({'|'.join(KIT_ENVS)})-({_QUAL})-(v\d+)$")
 
@@ -141,8 +155,9 @@ def parse_name(name: str) -> DatasetName | None:
     m = _KIT_RE.match(name)
     if m:
         env, quality, version = m.groups()
-        if version == KIT_VERSIONS.get(env, "v0"):
-            return DatasetName(name, "kit", env, KIT_ENVS[env], quality, f"{name}.hdf5", kit_dirs())
+        if version == KIT_VERSIONS.get(env, "v0") and quality in qualities_for(env):
+            env_id = MAZE_QUALITIES[quality] if env == "maze" else KIT_ENVS[env]
+            return DatasetName(name, "kit", env, env_id, quality, f"{name}.hdf5", kit_dirs())
     if "/" in name and not name.endswith((".hdf5", ".h5")) and not Path(name).expanduser().exists():
         return DatasetName(name, "minari", None, None, None)
     return None
@@ -159,6 +174,8 @@ def env_key(name_or_env_id: str) -> str | None:
     base = re.sub(r"-v\d+$", "", base).lower().replace("_", "")
     if base.startswith("driving") or name_or_env_id == DRIVING_ENV_ID:
         return "driving"
+    if base.startswith("pointmaze"):
+        return "maze"
     return base if base in KIT_ENVS else None
 
 

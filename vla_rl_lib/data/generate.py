@@ -39,8 +39,8 @@ from typing import Any, Callable
 import numpy as np
 
 from vla_rl_lib.errors import ConfigError, DatasetError, UnknownEnvironmentError
-from vla_rl_lib.data.datasets import (DRIVING_ENV_ID, KIT_ENVS, MANIFEST, QUALITIES, SHIPPED_DIR,
-                                      default_output_dir, env_key, kit_dataset_name)
+from vla_rl_lib.data.datasets import (DRIVING_ENV_ID, KIT_ENVS, MANIFEST, MAZE_QUALITIES, QUALITIES, SHIPPED_DIR,
+                                      default_output_dir, env_key, kit_dataset_name, qualities_for)
 from vla_rl_lib.data.hdf5 import validate_dataset, write_hdf5
 
 #: SAC budget (environment steps) used for the expert when ``sac_steps`` is not given
@@ -384,12 +384,16 @@ def make_dataset(env: str, quality: str, size: int, output: str | os.PathLike | 
     policy parameters (``metadata/policy/...``), env id, quality, seed, size, kit version, the
     evaluation returns and the generating command.
     """
-    if quality not in QUALITIES:
-        raise ConfigError(f"quality={quality!r} is not one of {list(QUALITIES)}")
+    env_id = resolve_env(env)
+    maze = env_key(env_id) == "maze"
+    allowed = list(qualities_for(env_key(env_id)))
+    if quality not in allowed:
+        raise ConfigError(f"quality={quality!r} is not one of {allowed} (for {env_id})")
     if int(size) < 2:
         raise ConfigError(f"size={size!r} must be at least 2 rows")
     size, seed = int(size), int(seed)
-    env_id = resolve_env(env)
+    if maze:
+        env_id = MAZE_QUALITIES[quality]
     name = kit_dataset_name(env_id, quality)
     output = Path(output).expanduser() if output is not None else default_output_dir() / f"{name}.hdf5"
     compression = kw.pop("compression", "gzip")
@@ -400,6 +404,13 @@ def make_dataset(env: str, quality: str, size: int, output: str | os.PathLike | 
 
     if env_id == DRIVING_ENV_ID:
         data, meta = _driving_rows(quality, size, seed, kw)
+    elif maze:
+        from vla_rl_lib.envs.maze import collect_mixed_dataset, collect_stitching_dataset
+
+        collect = collect_mixed_dataset if quality == "mixed" else collect_stitching_dataset
+        raw = collect(size, seed, reward_type="dense" if quality.endswith("dense") else "sparse", **kw)
+        data = {k: v for k, v in raw.items() if not k.startswith("metadata/")}
+        meta = {k: v for k, v in raw.items() if k.startswith("metadata/")}
     elif quality == "random":
         if kw:
             raise ConfigError(f"options {sorted(kw)} are not used for random datasets")
@@ -494,7 +505,16 @@ def _driving_rows(quality: str, size: int, seed: int, kw: dict) -> tuple[dict, d
     image_size = int(kw.pop("image_size", 64))
     if kw:
         raise ConfigError(f"options {sorted(kw)} are not used for driving datasets (use difficulty, image_size)")
-    raw = collect_dataset(size, seed=seed, quality=quality, difficulty=difficulty, image_size=image_size)
+    if quality == "mixed":  # expert, noisy expert ("medium") and random episodes, a third of the rows each
+        sizes = [size // 3, size // 3, size - 2 * (size // 3)]
+        parts = [collect_dataset(n, seed=seed + i, quality=q, difficulty=difficulty, image_size=image_size)
+                 for i, (n, q) in enumerate(zip(sizes, ("expert", "medium", "random")))]
+        raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if not k.startswith("metadata/")}
+        raw.update({k: v for k, v in parts[0].items() if k.startswith("metadata/")})
+        raw["metadata/quality"] = "mixed"
+        raw["metadata/mixture"] = f"rows 0:{sizes[0]} expert, then {sizes[1]} medium (noisy expert), then {sizes[2]} random"
+    else:
+        raw = collect_dataset(size, seed=seed, quality=quality, difficulty=difficulty, image_size=image_size)
     data = {k: v for k, v in raw.items() if not k.startswith("metadata/")}
     meta = {k: v for k, v in raw.items() if k.startswith("metadata/")}
     if "instructions" in data:
@@ -514,9 +534,26 @@ def _driving_rows(quality: str, size: int, seed: int, kw: dict) -> tuple[dict, d
 SHIPPED = {
     "pendulum-medium-v0": dict(env="Pendulum-v1", quality="medium", size=50_000, seed=0,
                                kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
+    "pendulum-medium-replay-v0": dict(env="Pendulum-v1", quality="medium-replay", size=3_500, seed=0,
+                                      kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
+    "pendulum-expert-v0": dict(env="Pendulum-v1", quality="expert", size=20_000, seed=0,
+                               kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
+    "pendulum-medium-expert-v0": dict(env="Pendulum-v1", quality="medium-expert", size=50_000, seed=0,
+                                      kw=dict(sac_steps=6_000, eval_freq=250, eval_episodes=3, learning_starts=1_000)),
+    "driving-mixed-v1": dict(env="driving", quality="mixed", size=18_000, seed=0,
+                             kw=dict(difficulty="easy", image_size=64)),
+    "maze-stitch-v0": dict(env="maze", quality="stitch", size=30_000, seed=0, kw=dict(max_hop=3)),
+    "maze-mixed-v0": dict(env="maze", quality="mixed", size=30_000, seed=0, kw=dict()),
+    "maze-stitch-dense-v0": dict(env="maze", quality="stitch-dense", size=30_000, seed=0, kw=dict(max_hop=3)),
     "hopper-medium-v0": dict(env="Hopper-v5", quality="medium", size=100_000, seed=0,
                              kw=dict(sac_steps=30_000, eval_freq=2_000, eval_episodes=3, learning_starts=5_000,
                                      hidden_dim=128, next_observations=False, infos=False)),
+    "hopper-medium-replay-v0": dict(env="Hopper-v5", quality="medium-replay", size=10_000, seed=0,
+                                    kw=dict(sac_steps=30_000, eval_freq=2_000, eval_episodes=3, learning_starts=5_000,
+                                            hidden_dim=128, next_observations=False, infos=False)),
+    "hopper-medium-expert-v0": dict(env="Hopper-v5", quality="medium-expert", size=50_000, seed=0,
+                                    kw=dict(sac_steps=30_000, eval_freq=2_000, eval_episodes=3, learning_starts=5_000,
+                                            hidden_dim=128, next_observations=False, infos=False)),
     "driving-expert-v1": dict(env="driving", quality="expert", size=20_000, seed=0,
                               kw=dict(difficulty="easy", image_size=64)),
 }

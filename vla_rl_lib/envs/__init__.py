@@ -22,6 +22,12 @@ DRIVING_NAMES = ("driving", ENV_ID, "Driving-v0")
 
 if ENV_ID not in gym.registry:
     gym.register(id=ENV_ID, entry_point="vla_rl_lib.envs.driving:DrivingEnv")
+# the point-mass maze of the stitching datasets (vla_rl_lib.envs.maze)
+MAZE_IDS = {"vla_rl_lib/PointMaze-v0": "sparse", "vla_rl_lib/PointMazeDense-v0": "dense"}
+for _id, _reward in MAZE_IDS.items():
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point="vla_rl_lib.envs.maze:PointMazeEnv", max_episode_steps=100,
+                     kwargs={"reward_type": _reward})
 
 _LAZY = {
     "DrivingEnv": "vla_rl_lib.envs.driving",
@@ -37,10 +43,12 @@ _LAZY = {
     "detokenize_actions": "vla_rl_lib.envs.wrappers",
     "StateObservation": "vla_rl_lib.envs.wrappers",
     "CarlaDrivingEnv": "vla_rl_lib.envs.carla_adapter",
+    "PointMazeEnv": "vla_rl_lib.envs.maze",
+    "collect_stitching_dataset": "vla_rl_lib.envs.maze",
 }
 
 __getattr__, _dir, _names = lazy_exports(__name__, _LAZY)
-__all__ = ["ENV_ID", "make_env", "make_vector_env", "is_driving"] + _names
+__all__ = ["ENV_ID", "MAZE_IDS", "make_env", "make_vector_env", "is_driving"] + _names
 
 
 def is_driving(name: str) -> bool:

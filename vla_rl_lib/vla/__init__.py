@@ -5,7 +5,7 @@
   ``from_pretrained`` (config.json + model.safetensors);
 * :class:`InstructionTokenizer` (``tokenizer.py``): word level, vocabulary built in;
 * :class:`VLAPolicy` and :func:`load_policy` (``policy.py``): the model behind the kit's policy interface;
-* :class:`BCTrainer` (``bc.py``): stage 2, behaviour cloning (``vla-rl train bc``);
+* :class:`BCTrainer` (``bc.py``): stage 2, behaviour cloning (``vla-rl train vla_bc``);
 * ``pipeline.py``: stage 3 (IQL / PPO / GRPO from ``--model_path``, offline to online, curriculum,
   per-instruction success rates).
 

@@ -13,7 +13,8 @@ learning (:mod:`vla_rl_lib.vla.pipeline`). Behaviour cloning is supervised learn
 Images are augmented with random shifts (pad by a few pixels and crop back, as DrQ), which
 matters when the demonstration set is small.
 
-``BCTrainer`` is an :class:`~vla_rl_lib.trainer.OfflineTrainer` (algorithm name ``"bc"``), so it
+``BCTrainer`` is an :class:`~vla_rl_lib.trainer.OfflineTrainer` (algorithm name ``"vla_bc"``, ``vla-rl train vla_bc``; ``"bc"`` is the low-dimensional
+baseline :class:`vla_rl_lib.offline.bc.BCTrainer`), so it
 logs, evaluates, checkpoints and resumes like the others. Each evaluation that beats the best so
 far (success rate, then mean reward) writes the model with ``save_pretrained`` to
 ``output_dir/best``; the end of training writes ``output_dir/final`` (and ``best`` when there was
@@ -99,7 +100,7 @@ class BCTrainer(OfflineTrainer):
             built from the hyperparameters and the dataset's image size when training starts.
     """
 
-    algorithm = "bc"
+    algorithm = "vla_bc"
     Hyperparameters = BCHyperparameters
 
     def __init__(self, obs_dim: int = 18, action_dim: int = 2, config: Optional[OfflineRLConfig] = None,

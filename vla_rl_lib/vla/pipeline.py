@@ -242,11 +242,12 @@ def iql_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, config: Optional
                    callbacks: Optional[Iterable[Callback]] = None, **hparams):
     """Option A: an :class:`~vla_rl_lib.offline.iql.IQLTrainer` whose actor is the saved VLA (it reads images
     and instructions); its critics read the dataset's state vectors. Train it with ``trainer.train(buffer)``
-    or on ``config.dataset`` (default ``driving-expert-v1``)."""
+    or on ``config.dataset`` (default ``driving-mixed-v1``: expert, noisy and random episodes, so that
+    the advantage weights have something to choose between; on expert-only data IQL is BC)."""
     from vla_rl_lib.envs.driving import STATE_DIM
     from vla_rl_lib.offline.iql import IQLTrainer
 
-    config = config or OfflineRLConfig(dataset="driving-expert-v1", output_dir="./output/stage3b_iql")
+    config = config or OfflineRLConfig(dataset="driving-mixed-v1", output_dir="./output/stage3b_iql")
     config = config.replace(model_path=str(model_path))
     return IQLTrainer(STATE_DIM, 2, config=config, callbacks=callbacks, **hparams)
 
