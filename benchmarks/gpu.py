@@ -8,7 +8,7 @@ Sections (``--sections``, run in this order, each on its own: one that fails pri
 leaves a FAILED row, the others still run; ``--time_limit`` seconds in all, a section that would
 start too late is skipped with a note):
 
-* ``trainers``: IQL, CQL, TD3+BC, DT (Hopper data, buffer on its default CPU device: the trainer
+* ``trainers``: IQL, CQL, TD3+BC, DT, BC (Hopper data, buffer on its default CPU device: the trainer
   moves the batches), VLA behaviour cloning (driving-expert-v1), PPO (CartPole), SAC (Pendulum),
   GRPO (CartPole), each on the device: train, evaluate, save, load, resume from the checkpoint,
   and load the checkpoint on the CPU; gradient (or env) steps per second of the training part.
@@ -119,7 +119,7 @@ def section_trainers(args, device):
     hopper = load_dataset("hopper-medium-v0")
     cpu_buffer = OfflineReplayBuffer(11, 3).load_dataset(hopper)  # the spec's example: default (CPU) device
 
-    for name in ("iql", "cql", "td3_bc", "dt"):
+    for name in ("iql", "cql", "td3_bc", "dt", "bc"):
         kw = dict(context_length=20, n_layer=3, embed_dim=128, n_head=1) if name == "dt" else {}
         dev = "auto" if name in ("iql", "dt") else device  # both spellings: auto picks CUDA when present
 
@@ -150,7 +150,7 @@ def section_trainers(args, device):
         def make(d, out):
             cfg = OfflineRLConfig(device=d, num_epochs=1, steps_per_epoch=n, batch_size=64, eval_freq=0,
                                   eval_episodes=0, save_freq=0, log_freq=max(n // 2, 1), output_dir=str(out))
-            return get_trainer_class("bc")(buffer.obs_dim, 2, cfg, model=VLAConfig(image_size=size, vision_channels=[8, 16, 16],
+            return get_trainer_class("vla_bc")(buffer.obs_dim, 2, cfg, model=VLAConfig(image_size=size, vision_channels=[8, 16, 16],
                                                                                    embed_dim=32, hidden_dim=64))
 
         def train(t):
@@ -167,7 +167,7 @@ def section_trainers(args, device):
 
         trainer_cycle("trainers", "bc (VLA)", make, train, evaluate, device)
 
-    run(args, "trainers", "bc", bc_section)
+    run(args, "trainers", "vla_bc", bc_section)
 
     online = {
         "ppo": ("CartPole-v1", dict(num_envs=8, rollout_steps=64, batch_size=128, ppo_epochs=2), 2048 if args.smoke else 16384),

@@ -132,7 +132,7 @@ def test_behaviour_cloning_takes_a_torch_device(tmp_path, no_host_copies):
     from vla_rl_lib.vla.model import VLAConfig
 
     data = collect_dataset(200, seed=0, image_size=32)
-    trainer = get_trainer_class("bc")(D.STATE_DIM, 2, offline_config(tmp_path, torch.device("cpu")),
+    trainer = get_trainer_class("vla_bc")(D.STATE_DIM, 2, offline_config(tmp_path, torch.device("cpu")),
                                       model=VLAConfig(**TINY))
     with no_host_copies(numpy_method=False):
         trainer.train(OfflineReplayBuffer(D.STATE_DIM, 2).load_dataset(data))
