@@ -204,7 +204,7 @@ def _driving_eval_env(trainer, image_size: int) -> None:
     """Evaluate on a single driving simulator with the model's image size (not the default 64 pixels)."""
     from vla_rl_lib.envs.driving import DrivingEnv
 
-    trainer._eval_target = DrivingEnv(image_size=image_size)
+    trainer._eval_target = DrivingEnv(image_size=image_size, render_mode="rgb_array")  # (videos need frames)
 
 
 def ppo_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, env=None, config: Optional[RLConfig] = None,
