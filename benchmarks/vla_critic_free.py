@@ -42,22 +42,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vla as stage2_script  # noqa: E402
 
-from vla_rl_lib.callbacks import Callback  # noqa: E402
 from vla_rl_lib.config import RLConfig  # noqa: E402
 from vla_rl_lib.envs.driving import INSTRUCTIONS  # noqa: E402
-from vla_rl_lib.vla.pipeline import evaluate_success, grpo_from_model, ppo_from_model  # noqa: E402
+from vla_rl_lib.vla.pipeline import (CRITIC_FREE_LOG_STD, CRITIC_FREE_RECIPES, SuccessCurve,  # noqa: E402
+                                     evaluate_success, grpo_from_model, ppo_from_model, set_exploration)
 
-#: GRPO settings shared by the critic-free recipes (8 groups of 8 rollouts per iteration)
-CRITIC_FREE = dict(group_size=8, num_groups=8, batch_size=256, grpo_epochs=4, learning_rate=1e-3)
-#: the critic-free recipes explore with less noise than the stage-2 model's sigma = e^-1 (see docs/benchmarks.md)
-CRITIC_FREE_LOG_STD = -1.5
 METHODS = {
-    "grpo": dict(CRITIC_FREE, grpo_reward="success", dynamic_sampling=True, clip_range_high=0.28, kl_coef=0.0),
-    "rloo": dict(CRITIC_FREE, grpo_reward="success", dynamic_sampling=True, grpo_advantage="rloo", kl_coef=0.0),
+    **CRITIC_FREE_RECIPES,
     "grpo_spec": dict(),  # RLConfig's defaults
     # multi-objective GRPO on the shaped reward's terms: the weights trade collisions against progress
-    "mo_safety": dict(CRITIC_FREE, objective_weights={"safety": 1.0, "progress": 0.1}, kl_coef=0.0),
-    "mo_progress": dict(CRITIC_FREE, objective_weights={"safety": 0.1, "progress": 1.0}, kl_coef=0.0),
+    "mo_safety": dict(CRITIC_FREE_RECIPES["grpo"], grpo_reward="return", objective_weights={"safety": 1.0, "progress": 0.1}),
+    "mo_progress": dict(CRITIC_FREE_RECIPES["grpo"], grpo_reward="return", objective_weights={"safety": 0.1, "progress": 1.0}),
 }
 #: one option of the ``grpo`` recipe toggled at a time
 TOGGLES = {
@@ -76,26 +71,6 @@ def grpo_settings(method: str) -> dict:
     if name != "grpo" or toggle not in TOGGLES:
         raise SystemExit(f"unknown method {method!r}; use ppo, {', '.join(METHODS)} or grpo-<{'|'.join(TOGGLES)}>")
     return {**METHODS["grpo"], **TOGGLES[toggle]}
-
-
-class AtBudgets(Callback):
-    """Score the policy on the held-out seeds when training passes each budget."""
-
-    def __init__(self, budgets, episodes, image_size):
-        self.budgets, self.episodes, self.image_size = sorted(budgets), episodes, image_size
-        self.scores = []  # (budget, steps, result)
-
-    def on_step(self, trainer):
-        while self.budgets and trainer.global_step >= self.budgets[0]:
-            res = evaluate_success(trainer.policy, self.episodes, seed=1_000_000, image_size=self.image_size)
-            self.scores.append((self.budgets.pop(0), int(trainer.global_step), res))
-
-
-def set_exploration(trainer, log_std: float) -> None:
-    """The stochastic policy's noise (and its reference copy's, for GRPO's KL)."""
-    for policy in (trainer.policy, getattr(trainer, "ref_policy", None)):
-        if policy is not None and hasattr(policy.model, "log_std"):
-            policy.model.log_std.data.fill_(float(log_std))
 
 
 def overrides(args) -> dict:
@@ -124,7 +99,7 @@ def run_method(method, model_path, seed, args, out) -> tuple[list, float]:
     if log_std is not None:
         set_exploration(trainer, log_std)
     torch.manual_seed(seed)
-    at = AtBudgets(budgets, args.episodes, args.image_size)
+    at = SuccessCurve(budgets, args.episodes, image_size=args.image_size)
     t = time.process_time()
     trainer.train(callbacks=[at])
     return at.scores, time.process_time() - t

@@ -1114,6 +1114,177 @@ print("wrote", out / "metrics.json")
 """),
 ])
 
+
+def critic_free_notebook() -> nbformat.NotebookNode:
+    """13: PPO with a value head against critic-free GRPO and RLOO, from one behaviour-cloned VLA."""
+    return notebook([
+        md("""
+# Critic-free RL for a VLA: GRPO and RLOO against PPO
+
+Three online methods improve the same behaviour-cloned vision-language-action model on the driving
+simulator, at equal environment steps:
+
+* **PPO** with a value head on the VLA's own features (RL4VLA finds this beats GRPO on ManiSkill);
+* **GRPO** with SimpleVLA-RL's options: a 0/1 success reward, dynamic sampling (groups whose rollouts
+  all score the same are dropped and resampled), an asymmetric "clip-higher" ratio bound, no KL term;
+* **RLOO** (RIPT-VLA's LOOP): the same, with leave-one-out baselines instead of group normalisation.
+
+A GRPO group is `group_size` worlds of the batched simulator reset with one seed and stepped in
+lock-step. The success rate is measured on held-out seeds, deterministic actions. Then each GRPO option
+is switched off (or on) one at a time, and multi-objective GRPO shows how objective weights trade
+collisions against progress. `benchmarks/vla_critic_free.py` runs the same comparison over seeds
+(figures in `docs/benchmarks.md`, section VLA).
+"""),
+        code(IMPORTS),
+        params(PARAM_HEAD.format(name="13_critic_free_vla") + """
+steps = 61_440             # environment steps per method, the same for all (benchmarks/vla.py's budget)
+curve_points = 4           # the success rate is measured this many times along the way
+success_episodes = 20      # held-out episodes per instruction
+demo_size = 5_000          # expert transitions for stage 2 (behaviour cloning)
+bc_steps = 1_500
+image_size = 32
+toggles = ["return", "no_dynamic", "symmetric", "kl", "token"]  # GRPO options switched one at a time
+"""),
+        md(SMOKE_NOTE),
+        md("## Stage 2: one behaviour-cloned model for every method"),
+        code("""
+from vla_rl_lib import OfflineRLConfig, OfflineReplayBuffer, RLConfig
+from vla_rl_lib.envs.driving import INSTRUCTIONS, STATE_DIM
+from vla_rl_lib.envs.expert import collect_dataset
+from vla_rl_lib.vla.bc import PROPRIO_INDICES, BCTrainer
+from vla_rl_lib.vla.model import VLAConfig
+from vla_rl_lib.vla.pipeline import (CRITIC_FREE_LOG_STD, CRITIC_FREE_RECIPES, SuccessCurve, evaluate_success,
+                                     grpo_from_model, ppo_from_model, set_exploration)
+
+out = Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+torch.set_num_threads(torch_threads)
+torch.manual_seed(seed)
+groups = {}
+if smoke:
+    steps, curve_points, success_episodes, demo_size, bc_steps = 2_048, 2, 1, 600, 30
+    groups = dict(num_groups=2)  # smaller iterations, so the tiny budget still sees two of them
+demos = collect_dataset(demo_size, seed=seed, image_size=image_size)
+model_cfg = VLAConfig(image_size=image_size, vision_channels=[8, 16, 16], embed_dim=32, hidden_dim=64,
+                      state_indices=list(PROPRIO_INDICES))
+bc = BCTrainer(STATE_DIM, 2, OfflineRLConfig(num_epochs=1, steps_per_epoch=bc_steps, batch_size=128, learning_rate=1e-3,
+                                             eval_freq=0, eval_episodes=0, save_freq=0, log_freq=100, seed=seed,
+                                             output_dir=str(out / "stage2_action_head")), model=model_cfg)
+bc.train(OfflineReplayBuffer(STATE_DIM, 2).load_dataset(demos))
+model_path = bc.best_model_path
+stage2 = evaluate_success(bc.policy, success_episodes, seed=1_000_000, image_size=image_size)
+print(f"stage 2 success rate {stage2['success_rate']:.2f}", stage2["per_instruction"])
+"""),
+        md(r"""
+## Key equations, next to the code that computes them
+
+* GRPO advantage: $A_i = (R_i - \mathrm{mean}_j R_j) / (\mathrm{std}_j R_j + \epsilon)$ (`group_relative_advantages`)
+* RLOO advantage: $A_i = R_i - \frac{1}{K-1}\sum_{j \ne i} R_j$ (`leave_one_out_advantages`)
+* clip-higher: $\min(r A,\ \mathrm{clip}(r, 1-\epsilon_{low}, 1+\epsilon_{high}) A)$ (`clipped_objective`)
+* dynamic sampling keeps group $g$ unless all its scores are equal (`informative_groups`)
+"""),
+        code("""
+from vla_rl_lib.online.grpo import (clipped_objective, group_relative_advantages, informative_groups,
+                                   leave_one_out_advantages)
+
+show_source(leave_one_out_advantages)
+scores = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])  # two groups of 0/1 outcomes
+print("GRPO:", group_relative_advantages(scores)[0].tolist(), " RLOO:", leave_one_out_advantages(scores)[0].tolist())
+print("informative groups:", informative_groups(scores).tolist())
+"""),
+        md("## PPO (value head), GRPO and RLOO at equal environment steps"),
+        code("""
+import matplotlib.pyplot as plt
+
+budgets = [steps * (k + 1) // curve_points for k in range(curve_points)]
+
+
+def run(method, callbacks=(), **options):
+    \"\"\"Train one method from the stage-2 model for `steps` env steps; the success rate at each budget.\"\"\"
+    common = dict(env="driving", total_timesteps=steps, eval_episodes=0, eval_freq=0, save_freq=0, log_freq=2_048,
+                  seed=seed, output_dir=str(out / method))
+    if method == "ppo":
+        trainer = ppo_from_model(model_path, config=RLConfig(num_envs=16, rollout_steps=128, batch_size=256,
+                                                             ppo_entropy_coef=0.0, ppo_normalize_reward=True, **common))
+    else:
+        recipe = {**CRITIC_FREE_RECIPES[method.split("-")[0]], **groups, **options}
+        trainer = grpo_from_model(model_path, config=RLConfig(algorithm="grpo", num_iterations=10**6, **common, **recipe))
+        set_exploration(trainer, CRITIC_FREE_LOG_STD)
+    curve = SuccessCurve(budgets, success_episodes, image_size=image_size)
+    t0 = time.time()
+    trainer.train(callbacks=[curve, *callbacks])
+    print(f"{method}: {trainer.global_step} steps in {time.time() - t0:.0f} s, success "
+          + ", ".join(f"{100 * r['success_rate']:.0f}%" for _, _, r in curve.scores))
+    return trainer, curve.scores
+
+
+plot = LivePlot(min_interval=2.0, save_path=out / "training.png", title="GRPO on the driving simulator")
+runs = {}
+for method in ("ppo", "grpo", "rloo"):
+    runs[method] = run(method, callbacks=[plot] if method == "grpo" else [])
+trainer = runs["grpo"][0]
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for method, (_, scores) in runs.items():
+    ax.plot([0] + [s for _, s, _ in scores], [100 * stage2["success_rate"]] + [100 * r["success_rate"] for _, _, r in scores],
+            marker="o", label=method)
+ax.set_xlabel("environment steps"); ax.set_ylabel("success on held-out seeds (%)"); ax.legend(); ax.grid(alpha=0.3)
+fig.savefig(out / "success_curves.png", dpi=100, bbox_inches="tight")
+plt.show()
+"""),
+        md("## Per instruction, at the end of the budget"),
+        code("""
+rows = {"BC (stage 2)": stage2, **{m: scores[-1][2] for m, (_, scores) in runs.items()}}
+table = "| method | " + " | ".join(INSTRUCTIONS) + " | collisions |\\n|---|" + "---:|" * (len(INSTRUCTIONS) + 1) + "\\n"
+for name, r in rows.items():
+    table += f"| {name} | " + " | ".join(f"{100 * r['per_instruction'][i]:.0f}%" for i in INSTRUCTIONS)
+    table += f" | {100 * r['collision_rate']:.0f}% |\\n"
+display(Markdown(table))
+"""),
+        md("""
+## The GRPO options, one at a time
+
+Each row is the GRPO recipe with one option changed: `return` scores rollouts by their shaped return
+instead of success, `no_dynamic` keeps every group, `symmetric` clips the ratio at 1 ± 0.2, `kl` adds the
+k3 KL to the stage-2 model (β = 0.1), `token` uses one ratio per action dimension.
+"""),
+        code("""
+changes = {"return": dict(grpo_reward="return"), "no_dynamic": dict(dynamic_sampling=False),
+           "symmetric": dict(clip_range_high=None), "kl": dict(kl_coef=0.1), "token": dict(token_level_ratios=True)}
+ablation = {"grpo (recipe)": runs["grpo"][1][-1][2]["success_rate"]}
+for name in toggles:
+    ablation[name] = run(f"grpo-{name}", **changes[name])[1][-1][2]["success_rate"]
+display(Markdown("| GRPO variant | success |\\n|---|---:|\\n"
+                 + "".join(f"| {k} | {100 * v:.0f}% |\\n" for k, v in ablation.items())))
+"""),
+        md("""
+## Multi-objective GRPO: the weights change what is learned
+
+With `objective_weights` the rollouts are scored by the simulator's reward terms, each normalised within
+its group and then weighted. Weighting safety trades progress for fewer collisions, and the reverse.
+"""),
+        code("""
+objectives = {"safety first": {"safety": 1.0, "progress": 0.1}, "progress first": {"safety": 0.1, "progress": 1.0}}
+mo = {name: run("grpo", grpo_reward="return", objective_weights=w)[1][-1][2] for name, w in objectives.items()}
+display(Markdown("| weights | collisions | metres driven | success |\\n|---|---:|---:|---:|\\n" + "".join(
+    f"| {k} | {100 * r['collision_rate']:.0f}% | {r['mean_progress']:.1f} | {100 * r['success_rate']:.0f}% |\\n"
+    for k, r in mo.items())))
+"""),
+        md("## The GRPO agent"),
+        code("""
+results = trainer.evaluate(num_episodes=1 if smoke else 5, video_path=out / "rollout.mp4")
+show_video(out / "rollout.mp4", caption="GRPO after training (deterministic policy)")
+plot.save(out / "training.png")
+metrics_path = write_run_metrics(out, trainer, results, smoke=smoke, stage2_success=stage2["success_rate"],
+                                 success={m: [r["success_rate"] for _, _, r in s] for m, (_, s) in runs.items()},
+                                 budgets=budgets, ablation=ablation,
+                                 objectives={k: {"collision_rate": r["collision_rate"], "mean_progress": r["mean_progress"]}
+                                             for k, r in mo.items()})
+print("wrote", metrics_path)
+"""),
+    ])
+
+
 NOTEBOOKS.update({
     "12_offline_method_comparison": COMPARISON,
     "00_quickstart": QUICKSTART,
@@ -1121,6 +1292,7 @@ NOTEBOOKS.update({
     "09_vla_pipeline": VLA,
     "10_offline_to_online": OFFLINE_TO_ONLINE,
     "11_choosing_a_method": CHOOSING,
+    "13_critic_free_vla": critic_free_notebook(),
 })
 
 

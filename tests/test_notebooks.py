@@ -27,7 +27,7 @@ NO_VIDEO: set[str] = set()
 def test_every_notebook_of_the_issue_exists_and_is_committed_clean():
     expected = ["00_quickstart", "01_datasets", "02_iql", "03_cql", "04_td3_bc", "05_decision_transformer", "06_ppo",
                 "07_sac", "08_grpo", "09_vla_pipeline", "10_offline_to_online", "11_choosing_a_method",
-                "12_offline_method_comparison"]
+                "12_offline_method_comparison", "13_critic_free_vla"]
     assert [n[:-6] for n in NOTEBOOKS] == expected
     for name in NOTEBOOKS:
         nb = nbformat.read(NB_DIR / name, as_version=4)

@@ -33,7 +33,9 @@ _MAIN_CONFIG = {"num_epochs", "steps_per_epoch", "batch_size", "learning_rate", 
 _PPO = ("rollout_steps", "ppo_epochs", "ppo_clip_range", "ppo_gae_lambda", "ppo_value_coef", "ppo_entropy_coef",
         "ppo_clip_range_vf", "ppo_anneal_lr", "ppo_normalize_obs", "ppo_normalize_reward")
 _SAC = ("buffer_size", "learning_starts", "tau", "alpha", "gradient_steps")
-_GRPO = ("group_size", "num_groups", "num_iterations", "kl_coef", "clip_range", "grpo_epochs")
+_GRPO = ("group_size", "num_groups", "num_iterations", "kl_coef", "clip_range", "grpo_epochs", "objective_weights",
+         "grpo_reward", "grpo_advantage", "dynamic_sampling", "dynamic_sampling_rounds", "clip_range_high",
+         "token_level_ratios", "grpo_loss_mean")
 _READ_BY = {**{n: {"ppo"} for n in _PPO}, **{n: {"sac"} for n in _SAC}, **{n: {"grpo"} for n in _GRPO},
             "ppo_max_grad_norm": {"ppo", "grpo"}}
 _STYLE = {"description_width": "150px"}

@@ -8,6 +8,8 @@ Each entry point starts from a folder written by ``VLAModel.save_pretrained`` (b
 * :func:`grpo_from_model`  GRPO on the driving simulator (groups share a reset seed);
 * :func:`offline_to_online`: IQL first, then PPO starting from ``iql_trainer.policy`` at a lower
   learning rate (the specification's "combining offline and online RL");
+* :data:`CRITIC_FREE_RECIPES`: the GRPO and RLOO settings measured on the driving task;
+  :class:`SuccessCurve` scores a policy at step budgets during training;
 * :class:`CurriculumCallback`: moves the simulator's difficulty easy -> medium -> hard by step count
   (:func:`get_difficulty`, the specification's schedule), on every environment of a trainer.
 
@@ -202,7 +204,7 @@ def _driving_eval_env(trainer, image_size: int) -> None:
     """Evaluate on a single driving simulator with the model's image size (not the default 64 pixels)."""
     from vla_rl_lib.envs.driving import DrivingEnv
 
-    trainer._eval_target = DrivingEnv(image_size=image_size)
+    trainer._eval_target = DrivingEnv(image_size=image_size, render_mode="rgb_array")  # (videos need frames)
 
 
 def ppo_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, env=None, config: Optional[RLConfig] = None,
@@ -236,6 +238,43 @@ def grpo_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, env=None, confi
     trainer = GRPOTrainer(env if env is not None else DrivingEnv(image_size=size), config=config, callbacks=callbacks)
     _driving_eval_env(trainer, size)
     return trainer
+
+
+#: GRPO settings of the critic-free driving recipes (8 groups of 8 rollouts per iteration)
+_CRITIC_FREE = dict(group_size=8, num_groups=8, batch_size=256, grpo_epochs=4, learning_rate=1e-3, kl_coef=0.0,
+                    grpo_reward="success", dynamic_sampling=True)
+#: The critic-free recipes measured on the driving task (docs/benchmarks.md, section VLA): GRPO with
+#: SimpleVLA-RL's options (0/1 success reward, dynamic sampling, clip-higher, no KL) and RLOO (the same
+#: with leave-one-out baselines). ``RLConfig(**CRITIC_FREE_RECIPES["grpo"], ...)``.
+CRITIC_FREE_RECIPES = {
+    "grpo": dict(_CRITIC_FREE, clip_range_high=0.28),
+    "rloo": dict(_CRITIC_FREE, grpo_advantage="rloo"),
+}
+#: the exploration log std the critic-free recipes start from (sigma = 0.22 of the half action range)
+CRITIC_FREE_LOG_STD = -1.5
+
+
+def set_exploration(trainer, log_std: float) -> None:
+    """Set the exploration noise ``log sigma`` of a trainer's VLA policy (and of GRPO's reference copy)."""
+    for policy in (trainer.policy, getattr(trainer, "ref_policy", None)):
+        if policy is not None and hasattr(getattr(policy, "model", None), "log_std"):
+            policy.model.log_std.data.fill_(float(log_std))
+
+
+class SuccessCurve(Callback):
+    """Score the policy with :func:`evaluate_success` when training passes each of ``budgets``
+    environment steps; ``scores`` holds ``(budget, global_step, result)``."""
+
+    def __init__(self, budgets: Sequence[int], episodes_per_instruction: int = 40, seed: int = 1_000_000,
+                 image_size: Optional[int] = None):
+        self.budgets = sorted(int(b) for b in budgets)
+        self.episodes, self.seed, self.image_size = int(episodes_per_instruction), int(seed), image_size
+        self.scores: list[tuple[int, int, dict]] = []
+
+    def on_step(self, trainer):
+        while self.budgets and trainer.global_step >= self.budgets[0]:
+            res = evaluate_success(trainer.policy, self.episodes, seed=self.seed, image_size=self.image_size)
+            self.scores.append((self.budgets.pop(0), int(trainer.global_step), res))
 
 
 def iql_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, config: Optional[OfflineRLConfig] = None,
