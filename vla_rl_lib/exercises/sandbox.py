@@ -69,11 +69,12 @@ def bwrap_command(argv: list[str], original: Path, job: Path, env: dict, disk_mb
         if os.path.lexists(path):
             cmd += ["--ro-bind", path, path] if not os.path.islink(path) or path.startswith("/etc") else \
                    ["--symlink", os.readlink(path), path]
+    size = str(int(disk_mb) * 2**20)
+    cmd += ["--size", size, "--tmpfs", "/tmp"]  # first: a Python installation under /tmp is bound on top of it
     for root in _read_only_roots():
         cmd += ["--ro-bind", root, root]
-    size = str(int(disk_mb) * 2**20)
     cmd += ["--ro-bind", str(KIT), "/kit/vla_rl_lib", "--proc", "/proc", "--dev", "/dev",
-            "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/submission",
+            "--size", size, "--tmpfs", "/submission",
             "--ro-bind", str(original), "/original", "--ro-bind", str(job), "/grading/job.json",
             "--remount-ro", "/", "--chdir", "/submission", "--clearenv"]
     for key, value in {**env, "PYTHONPATH": "/kit", "HOME": "/tmp", "PATH": "/usr/local/bin:/usr/bin:/bin"}.items():

@@ -92,8 +92,10 @@ def lockstep_envs(env, env_id: Optional[str], make_env: Callable, num_worlds: in
             raise ConfigError(f"the batched driving env has {env.num_envs} worlds but GRPO runs group_size x "
                               f"num_groups = {num_worlds} at once; build it with num_envs={num_worlds}")
         return env
-    single = env.unwrapped if isinstance(env, gym.Env) else None
-    if isinstance(single, DrivingEnv) or (single is None and is_driving(env_id)):
+    # a bare DrivingEnv (or the id) becomes the batched simulator; a wrapped one (e.g. StateObservation)
+    # keeps its wrappers: it runs as copies in a SyncVectorEnv below
+    single = env if isinstance(env, DrivingEnv) else None
+    if single is not None or (not isinstance(env, gym.Env) and is_driving(env_id)):
         kw = {} if single is None else dict(
             difficulty=single.difficulty.name, instruction=single.instruction, image_size=single.image_size,
             num_lanes=single.num_lanes, max_episode_steps=single.max_episode_steps, reward_fn=single.reward_fn)
