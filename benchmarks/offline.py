@@ -41,7 +41,7 @@ import torch
 from vla_rl_lib.config import OfflineRLConfig
 from vla_rl_lib.data.buffer import OfflineReplayBuffer
 from vla_rl_lib.data.datasets import load_dataset, normalized_score
-from vla_rl_lib.nets import soft_update
+from vla_rl_lib.losses import soft_update
 from vla_rl_lib.nets import without_distribution_checks
 
 HERE = Path(__file__).resolve().parent

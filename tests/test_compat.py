@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from vla_rl_lib import compat
 from vla_rl_lib.errors import IncompatibleError
@@ -40,3 +41,47 @@ def test_a_missing_internal_is_one_clear_error():
 
     with pytest.raises(IncompatibleError, match="_autoreset_envs.*compat.py"):
         compat.vector_autoreset_flags(NotSync())
+
+
+# ------------------------------------------------------------------------------------------------
+# torch's private API (vla_rl_lib/compat.py): each must still exist and agree with its public fallback
+# ------------------------------------------------------------------------------------------------
+def _tensors(seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(3, 4, generator=g), torch.randn(5, generator=g)]
+
+
+@pytest.mark.parametrize("name", ["_foreach_norm", "_foreach_mul_", "_foreach_lerp_"])
+def test_torch_foreach_ops_exist(name):
+    assert callable(getattr(torch, name, None)), f"torch {torch.__version__} has no torch.{name}: update vla_rl_lib/compat.py"
+
+
+def test_foreach_ops_match_their_public_fallbacks(monkeypatch):
+    fused_norm = compat.foreach_norm(_tensors(0))
+    a, b = _tensors(1), _tensors(1)
+    compat.foreach_mul_(a, torch.tensor(0.3))
+    t1, t2, s = _tensors(2), _tensors(2), _tensors(3)
+    compat.foreach_lerp_(t1, s, 0.005)
+    for name in ("_foreach_norm", "_foreach_mul_", "_foreach_lerp_"):
+        monkeypatch.delattr(torch, name)
+    for fused, public in zip(fused_norm, compat.foreach_norm(_tensors(0))):
+        torch.testing.assert_close(fused, public)
+    compat.foreach_mul_(b, torch.tensor(0.3))
+    compat.foreach_lerp_(t2, s, 0.005)
+    for x, y in zip(a + t1, b + t2):
+        torch.testing.assert_close(x, y)
+    torch.testing.assert_close(t1[1], _tensors(2)[1] + 0.005 * (s[1] - _tensors(2)[1]))
+
+
+def test_mkldnn_bf16_check_exists():
+    check = torch.ops.mkldnn._is_mkldnn_bf16_supported  # raises AttributeError/RuntimeError when torch drops it
+    assert compat.mkldnn_bf16_supported() == bool(check())
+
+
+def test_env_rng_is_read_without_seeding_one():
+    env = gym.make("Pendulum-v1")
+    assert "_np_random" in vars(gym.Env), "gymnasium.Env has no _np_random: update vla_rl_lib/compat.py"
+    assert compat.env_rng_if_seeded(env) is None  # never reset: no generator, and none was created
+    assert compat.env_rng_if_seeded(env) is None
+    env.reset(seed=3)
+    assert compat.env_rng_if_seeded(env) is env.unwrapped.np_random

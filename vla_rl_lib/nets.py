@@ -122,12 +122,6 @@ def without_distribution_checks(fn):
     return wrapper
 
 
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """Polyak averaging ``theta_target <- tau * theta + (1 - tau) * theta_target``."""
-    with torch.no_grad():
-        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
 def as_float_tensor(value, device) -> torch.Tensor:
     """A float32 tensor on ``device`` from numbers, a numpy array or a tensor on any device (a tensor
     is moved with ``.to``, never through numpy: ``np.asarray`` of a CUDA tensor fails)."""

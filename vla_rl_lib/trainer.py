@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vla_rl_lib import __version__
+from vla_rl_lib import __version__, compat
 from vla_rl_lib.callbacks import Callback, CallbackList, ProgressBar
 from vla_rl_lib.checkpoint import (check_writable_dir, clear_run, existing_run, load_checkpoint,
                                    remove_stale_temporaries, rng_state, save_checkpoint, seed_everything, set_rng_state,
@@ -499,7 +499,7 @@ def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` computes bfloat16 matmuls natively (and so faster than float32)."""
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device_type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device_type == "cpu" and compat.mkldnn_bf16_supported()
 
 
 class OfflineTrainer(Trainer):

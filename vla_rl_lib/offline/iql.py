@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
-from vla_rl_lib.nets import (DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, adam, soft_update,
+from vla_rl_lib.losses import critic_loss, soft_update
+from vla_rl_lib.nets import (DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, adam,
                              without_distribution_checks)
 from vla_rl_lib.trainer import ActorCriticOfflineTrainer
 
@@ -58,12 +59,12 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 
 
 def q_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """TD regression of every critic onto one target.
+    """TD regression of every critic onto one target through V (the shared :func:`~vla_rl_lib.losses.critic_loss`).
 
-    ``L_Q = sum_i mean_B (Q_i(s, a) - y)^2`` with ``y = r + gamma (1 - d) V(s')`` (IQL) ;
+    ``L_Q = sum_i mean_B (Q_i(s, a) - y)^2`` with ``y = r + gamma (1 - d) V(s')``;
     ``q_values`` is ``(n_critics, B)``, ``target`` is ``(B,)`` and carries no gradient.
     """
-    return (q_values - target.detach().unsqueeze(0)).pow(2).mean(dim=1).sum()
+    return critic_loss(q_values, target)
 
 
 def advantage_weights(advantages: torch.Tensor, temperature: float, max_weight: float = 100.0) -> torch.Tensor:

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from vla_rl_lib.config import RLConfig
 from vla_rl_lib.envs.state import as_checkpoint_value, from_checkpoint_value, get_env_state, restore_env_state
 from vla_rl_lib.errors import IncompatibleError
+from vla_rl_lib.losses import clip_grad_norm
 from vla_rl_lib.nets import ValueNetwork, without_distribution_checks
 from vla_rl_lib.online.rollout import (autoreset_mode, check_policy, compute_gae, EpisodeStats, explained_variance,
                                        final_observations, holds_tensors, index_obs, make_adam, obs_to_tensor,
@@ -100,17 +101,6 @@ def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
     """Per-minibatch advantage normalisation ``(A - mean A) / (std A + 1e-8)``."""
     std, mean = torch.std_mean(advantages)
     return (advantages - mean) / (std + 1e-8)
-
-
-def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
-    """Scale all gradients by ``min(1, max_norm / (||g|| + 1e-6))``, ``||g||`` their global L2 norm
-    (``torch.nn.utils.clip_grad_norm_``'s rule, in four ops)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-    return norm
 
 
 @torch.no_grad()
