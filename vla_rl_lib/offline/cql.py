@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
 from vla_rl_lib.losses import critic_loss, soft_update
-from vla_rl_lib.nets import QEnsemble, adam, TanhGaussianPolicy, without_distribution_checks
+from vla_rl_lib.nets import QEnsemble, adam, TanhGaussianPolicy
 from vla_rl_lib.trainer import ActorCriticOfflineTrainer
 from vla_rl_lib.errors import ConfigError
 
@@ -160,7 +160,6 @@ class CQLTrainer(ActorCriticOfflineTrainer):
         self._random_generator = None
 
     # -- one gradient step ----------------------------------------------------------------------
-    @without_distribution_checks
     def update(self, batch: dict) -> dict:
         cfg, hpar = self.config, self.hparams
         n_samples, n_critics = hpar.cql_samples, self.qf.n

@@ -36,8 +36,7 @@ import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
 from vla_rl_lib.losses import critic_loss, soft_update
-from vla_rl_lib.nets import (DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, adam,
-                             without_distribution_checks)
+from vla_rl_lib.nets import DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, adam
 from vla_rl_lib.trainer import ActorCriticOfflineTrainer
 
 __all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "advantage_weights", "awr_policy_loss"]
@@ -141,7 +140,6 @@ class IQLTrainer(ActorCriticOfflineTrainer):
             self.actor_lr_schedule = None
 
     # -- one gradient step ----------------------------------------------------------------------
-    @without_distribution_checks
     def update(self, batch: dict) -> dict:
         cfg, hpar = self.config, self.hparams
         obs_raw = self.raw_observations(batch["observations"])

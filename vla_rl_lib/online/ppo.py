@@ -63,7 +63,7 @@ from vla_rl_lib.config import RLConfig
 from vla_rl_lib.envs.state import as_checkpoint_value, from_checkpoint_value, get_env_state, restore_env_state
 from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.losses import clip_grad_norm
-from vla_rl_lib.nets import ValueNetwork, without_distribution_checks
+from vla_rl_lib.nets import ValueNetwork
 from vla_rl_lib.online.rollout import (check_policy, compute_gae, explained_variance, index_obs, make_adam,
                                        minibatches, resolve_policy, RewardScaler, RolloutBuffer, rollout_envs,
                                        RunningMeanStd, VectorRollout)
@@ -207,7 +207,6 @@ class PPOTrainer(OnlineTrainer):
             values = self._value(obs)
         return log_probs.reshape(-1), entropy.reshape(-1), values.reshape(-1)
 
-    @without_distribution_checks
     def predict(self, obs, deterministic: bool = True):
         action = self.policy.predict(obs, deterministic=deterministic)
         if not self.discrete and isinstance(self.action_space, gym.spaces.Box):
@@ -217,7 +216,6 @@ class PPOTrainer(OnlineTrainer):
     # ------------------------------------------------------------------------------------------
     # 1. collect a rollout
     # ------------------------------------------------------------------------------------------
-    @without_distribution_checks
     @torch.inference_mode()
     def collect(self) -> int:
         cfg = self.config
@@ -237,7 +235,6 @@ class PPOTrainer(OnlineTrainer):
     # ------------------------------------------------------------------------------------------
     # 2. advantages and 3. epochs of minibatch updates
     # ------------------------------------------------------------------------------------------
-    @without_distribution_checks
     def learn(self) -> dict:
         cfg, buf = self.config, self.buffer
         advantages, returns = compute_gae(buf.rewards, buf.values, buf.next_values, buf.terminations, buf.dones,

@@ -659,7 +659,7 @@ class GaussianExploration(DistributionPolicy):
     def distribution(self, obs):
         mean = self.base.unscale_action(self.base.get_action(obs, deterministic=True))
         std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(mean)
-        return Normal(mean, std)
+        return Normal(mean, std, validate_args=False)  # (no argument checks: nets.py's docstring)
 
 
 def resolve_policy(policy, config, device, observation_space, action_space) -> nn.Module:
