@@ -387,8 +387,11 @@ class Trainer:
         return self
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **overrides) -> "Trainer":
-        """Rebuild the trainer a checkpoint was written by, and load it (``config`` fields may be overridden)."""
+    def from_checkpoint(cls, path: str | Path, policy: Optional[nn.Module] = None, **overrides) -> "Trainer":
+        """Rebuild the trainer a checkpoint was written by, and load it (``config`` fields may be overridden).
+
+        ``policy=`` hands in a policy of the checkpoint's architecture (its weights are loaded): a run
+        started from ``--model_path`` needs it (:func:`vla_rl_lib.vla.pipeline.from_checkpoint` builds it)."""
         state = load_checkpoint(path)
         meta = trainer_meta(state, path)
         trainer_cls = get_trainer_class(meta["algorithm"]) if cls in (Trainer, OfflineTrainer, OnlineTrainer) else cls
@@ -399,7 +402,8 @@ class Trainer:
                           "is loaded with device='cpu' (pass device=... to choose)", stacklevel=2)
             overrides["device"] = "cpu"
         config = trainer_cls.config_class.from_dict(meta["config"], **overrides)
-        trainer = trainer_cls(config=config, **(meta.get("init") or {}), **(meta.get("hparams") or {}))
+        given = {} if policy is None else {"policy": policy}
+        trainer = trainer_cls(config=config, **(meta.get("init") or {}), **given, **(meta.get("hparams") or {}))
         return trainer.load(path)
 
     # ------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import torch.nn as nn
 from torch.distributions import Normal
 
 from vla_rl_lib.envs.text import IndexedText
-from vla_rl_lib.errors import IncompatibleError, MissingDependencyError
+from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, DistributionPolicy, GaussianPolicy, Policy, adam
 
 Obs = Any  # np.ndarray (B, ...) or dict[str, np.ndarray | list[str]]
@@ -664,9 +664,15 @@ class GaussianExploration(DistributionPolicy):
 
 def resolve_policy(policy, config, device, observation_space, action_space) -> nn.Module:
     """The policy an on-policy trainer optimises: the one given (made stochastic when it is
-    deterministic), else one loaded from ``config.model_path``, else the default MLP for the spaces."""
+    deterministic), else the default MLP for the spaces.
+
+    Trainers build no model from a folder: ``config.model_path`` (``--model_path``) is turned into
+    a policy at the top, by the command line or :mod:`vla_rl_lib.vla.pipeline`, and handed in as
+    ``policy=`` (docs/architecture.md)."""
     if policy is None and config.model_path:
-        policy = load_model_policy(config.model_path, device, observation_space, action_space)
+        raise ConfigError(f"config.model_path={config.model_path!r} is set but no policy was given: trainers do not "
+                          "load models themselves. Pass policy=vla_rl_lib.vla.pipeline.policy_for_config(config), "
+                          "use vla_rl_lib.vla.pipeline.ppo_from_model / grpo_from_model, or `vla-rl train --model_path`")
     if policy is None:
         policy = default_policy(observation_space, action_space, config.hidden_dim)
     else:
@@ -714,20 +720,6 @@ def check_policy(policy, observation_space, action_space, device, example_obs: O
     if shape != want and not (discrete_space and shape == (1, 1)):
         raise IncompatibleError(f"the policy's actions have shape {shape[1:]} per observation but the environment's "
                                 f"action space {action_space} needs {want[1:]}; use a policy with the right action size")
-
-
-def load_model_policy(model_path: str, device, observation_space, action_space) -> nn.Module:
-    """The policy for ``--model_path``: the saved VLA behind ``VLAPolicy`` (``vla.policy.load_policy``),
-    with the environment's action bounds and state size."""
-    try:
-        from vla_rl_lib.vla.policy import load_policy
-    except ImportError as exc:
-        raise MissingDependencyError(f"--model_path needs the kit's VLA module (vla_rl_lib.vla): {exc}") from None
-    obs_dim = None
-    if isinstance(observation_space, gym.spaces.Dict) and "state" in observation_space.spaces:
-        obs_dim = int(np.prod(observation_space["state"].shape))
-    box = action_space if isinstance(action_space, gym.spaces.Box) else None
-    return load_policy(model_path, device=device, action_space=box, obs_dim=obs_dim)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
