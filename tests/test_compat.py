@@ -85,3 +85,36 @@ def test_env_rng_is_read_without_seeding_one():
     assert compat.env_rng_if_seeded(env) is None
     env.reset(seed=3)
     assert compat.env_rng_if_seeded(env) is env.unwrapped.np_random
+
+
+def test_torch_compile_configuration_that_compile_py_patches_exists():
+    import torch._functorch.config as functorch_config  # (torch.compile's configuration module)
+    import torch._inductor.config as inductor_config
+
+    assert hasattr(functorch_config, "donated_buffer"), "torch.compile lost donated_buffer: update vla_rl_lib/compile.py"
+    assert hasattr(inductor_config, "fallback_random"), "torch.compile lost fallback_random: update tests/test_compile.py"
+
+
+def test_no_module_but_compat_reads_private_torch_or_gymnasium_api():
+    """``torch._x`` / ``gym....._x`` attribute chains appear only in compat.py (and compile.py's torch.compile
+    configuration); every other module calls compat's functions."""
+    import ast
+    from pathlib import Path
+
+    package = Path(compat.__file__).parent
+    allowed = {"compat.py", "compile.py"}
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain, base = [node.attr], node.value
+            while isinstance(base, ast.Attribute):
+                chain.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in ("torch", "gym", "gymnasium") and \
+                    any(a.startswith("_") and not a.startswith("__") for a in chain):
+                found.append(f"{path.relative_to(package.parent)}:{node.lineno} {base.id}.{'.'.join(reversed(chain))}")
+    assert not found, "private API outside vla_rl_lib/compat.py:\n" + "\n".join(sorted(set(found)))
