@@ -60,7 +60,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vla_rl_lib.config import RLConfig
-from vla_rl_lib.envs.state import as_checkpoint_value, from_checkpoint_value, get_env_state, restore_env_state
 from vla_rl_lib.errors import IncompatibleError
 from vla_rl_lib.losses import clip_grad_norm
 from vla_rl_lib.nets import ValueNetwork
@@ -266,20 +265,13 @@ class PPOTrainer(OnlineTrainer):
         return metrics
 
     # ------------------------------------------------------------------------------------------
-    # checkpoints: networks, optimiser, normalisers and generators are found automatically. The
-    # environment's state (vla_rl_lib.envs.state) and the rollout's place in it are saved here, so
-    # a resumed run continues its episodes exactly; an env whose state cannot be saved starts fresh ones.
+    # checkpoints: networks, optimiser, normalisers and generators are found automatically; the
+    # rollout adds the environment's state and its place in it (VectorRollout.checkpoint)
     # ------------------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        # (an env caught part-way through a rollout, by Ctrl-C, is ahead of _next_obs: not saved)
-        env = None if self.rollout.next_obs is None or self._mid_rollout else get_env_state(self.envs)
-        if env is None:
-            return super().extra_state()
-        return {**super().extra_state(), "env": env, "rollout": as_checkpoint_value(self.rollout.state())}
+        # (an env caught part-way through a rollout, by Ctrl-C, is ahead of the rollout: not saved)
+        return {**super().extra_state(), **({} if self._mid_rollout else self.rollout.checkpoint())}
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)
-        if not restore_env_state(self.envs, state.get("env"), self.algorithm):
-            self.rollout.next_obs = None  # fresh episodes at the next collect (reset with seed + global_step)
-            return
-        self.rollout.load_state(from_checkpoint_value(state["rollout"]))
+        self.rollout.restore(state, self.algorithm)

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
+from vla_rl_lib.envs.state import as_checkpoint_value, from_checkpoint_value, get_env_state, restore_env_state
 from vla_rl_lib.envs.text import IndexedText
 from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, DistributionPolicy, GaussianPolicy, Policy, adam
@@ -497,7 +498,25 @@ class VectorRollout:
         buffer.next_values = torch.where(has_final, final_values, buffer.next_values)
         return finished
 
-    # -- checkpoints: the running episodes (the env's own state is saved by vla_rl_lib.envs.state) --
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        """``{"env": ..., "rollout": ...}`` for a trainer's checkpoint: the environment's state
+        (:mod:`vla_rl_lib.envs.state`: worlds, step counters, pending autoresets, generators) and the
+        rollout's place in it, so a resumed run continues its episodes exactly; ``{}`` before the
+        first reset or for an env whose state cannot be saved."""
+        env = None if self.next_obs is None else get_env_state(self.envs)
+        if env is None:
+            return {}
+        return {"env": env, "rollout": as_checkpoint_value(self.state())}
+
+    def restore(self, checkpoint: dict, algorithm: str) -> None:
+        """Put back what :meth:`checkpoint` saved; without it (or for another env) the next
+        :meth:`collect` starts fresh episodes."""
+        if not restore_env_state(self.envs, checkpoint.get("env"), algorithm):
+            self.next_obs = None
+            return
+        self.load_state(from_checkpoint_value(checkpoint["rollout"]))
+
     def state(self) -> dict:
         return {"next_obs": self.next_obs, "after_done": self.after_done,
                 "episode_returns": self.episodes.returns, "episode_lengths": self.episodes.lengths}
