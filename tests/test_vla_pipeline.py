@@ -182,6 +182,12 @@ def test_iql_trains_the_vla_actor_from_model_path(saved_model, demos, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.policy.model.parameters()))
     res = trainer.evaluate(num_episodes=1, env=DrivingEnv(image_size=32))
     assert np.isfinite(res["mean_reward"])
+    from vla_rl_lib.vla.pipeline import from_checkpoint
+
+    reopened = from_checkpoint(trainer.run_dir / "checkpoint.pt")  # the VLA actor is rebuilt, then loaded
+    assert isinstance(reopened.policy, VLAPolicy) and reopened.global_step == 5
+    for a, b in zip(trainer.policy.model.parameters(), reopened.policy.model.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_model_path_on_the_command_line_trains_and_reopens_the_vla(tmp_path, capsys):
