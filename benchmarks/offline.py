@@ -41,8 +41,7 @@ import torch
 from vla_rl_lib.config import OfflineRLConfig
 from vla_rl_lib.data.buffer import OfflineReplayBuffer
 from vla_rl_lib.data.datasets import load_dataset, normalized_score
-from vla_rl_lib.nets import soft_update
-from vla_rl_lib.nets import without_distribution_checks
+from vla_rl_lib.losses import soft_update
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("iql", "cql", "td3_bc", "dt")
@@ -295,9 +294,8 @@ def raw_dt(t, buffer, steps, gen):
         t.scheduler.step()
 
 
-# the raw loops skip torch.distributions' argument checks too (the kit's IQL/CQL updates do)
-RAW = {"iql": without_distribution_checks(raw_iql), "cql": without_distribution_checks(raw_cql),
-       "td3_bc": raw_td3_bc, "dt": raw_dt}
+# (the kit's policies build their distributions with validate_args=False, in the raw loops as in the kit)
+RAW = {"iql": raw_iql, "cql": raw_cql, "td3_bc": raw_td3_bc, "dt": raw_dt}
 
 
 # ------------------------------------------------------------------------------------------------

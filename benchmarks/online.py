@@ -237,7 +237,8 @@ def bare_ppo(trainer):
     of ``trainer``'s networks (plain tensors) and on its last rollout (see ``phases`` above)."""
     import torch.nn.functional as F
     from vla_rl_lib.nets import adam
-    from vla_rl_lib.online.ppo import clip_grad_norm, normalize_advantages
+    from vla_rl_lib.losses import clip_grad_norm
+    from vla_rl_lib.online.ppo import normalize_advantages
     from vla_rl_lib.online.rollout import compute_gae
 
     def tensors(seq):

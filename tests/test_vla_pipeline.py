@@ -182,3 +182,30 @@ def test_iql_trains_the_vla_actor_from_model_path(saved_model, demos, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.policy.model.parameters()))
     res = trainer.evaluate(num_episodes=1, env=DrivingEnv(image_size=32))
     assert np.isfinite(res["mean_reward"])
+    from vla_rl_lib.vla.pipeline import from_checkpoint
+
+    reopened = from_checkpoint(trainer.run_dir / "checkpoint.pt")  # the VLA actor is rebuilt, then loaded
+    assert isinstance(reopened.policy, VLAPolicy) and reopened.global_step == 5
+    for a, b in zip(trainer.policy.model.parameters(), reopened.policy.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_model_path_on_the_command_line_trains_and_reopens_the_vla(tmp_path, capsys):
+    """`--model_path` is turned into the VLA policy by the command line (trainers load no models), and a
+    checkpoint of such a run reopens with that policy (`vla-rl evaluate`, vla.pipeline.from_checkpoint)."""
+    from vla_rl_lib.cli import main
+    from vla_rl_lib.trainer import Trainer
+    from vla_rl_lib.vla.pipeline import from_checkpoint
+
+    saved_model = tmp_path / "model"
+    VLAModel(**dict(TINY, image_size=64)).save_pretrained(saved_model)  # the camera size of `--env driving`
+    out = tmp_path / "ppo"
+    assert main(["train", "ppo", "--model_path", str(saved_model), "--env", "driving", "--num_envs", "1",
+                 "--rollout_steps", "8", "--batch_size", "8", "--ppo_epochs", "1", "--total_timesteps", "8",
+                 "--eval_episodes", "0", "--save_freq", "0", "--output_dir", str(out), "--no-progress"]) == 0
+    reopened = from_checkpoint(out / "checkpoint.pt")
+    assert isinstance(reopened.policy, VLAPolicy) and reopened.global_step == 8
+    with pytest.raises(ConfigError, match="model_path"):  # the trainers themselves no longer load it
+        Trainer.from_checkpoint(out / "checkpoint.pt")
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--num_episodes", "1"]) == 0
+    assert '"mean_reward"' in capsys.readouterr().out

@@ -255,13 +255,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
         action_dim = int(checked["actions"].shape[1]) if checked["actions"].ndim > 1 else 1
         buffer = OfflineReplayBuffer(obs_dim, action_dim).load_dataset(data)
         trainer = cls(obs_dim=obs_dim, action_dim=action_dim, config=config, use_wandb=args.use_wandb,
-                      progress_bar=args.progress, **hparams)
+                      progress_bar=args.progress, **_model_policy(cls, config, obs_dim=obs_dim), **hparams)
         trainer.train(buffer)
     else:
-        trainer = cls(env=config.env, config=config, use_wandb=args.use_wandb, progress_bar=args.progress, **hparams)
+        trainer = cls(env=config.env, config=config, use_wandb=args.use_wandb, progress_bar=args.progress,
+                      **_model_policy(cls, config), **hparams)
         trainer.train()
     _report(trainer)
     return 130 if trainer.interrupted else 0
+
+
+def _model_policy(cls, config, obs_dim=None) -> dict:
+    """``{"policy": VLAPolicy}`` for ``--model_path`` (built here, at the top: trainers load no models), else ``{}``."""
+    if not getattr(config, "model_path", None):
+        return {}
+    from vla_rl_lib.vla.pipeline import policy_for_config, takes_model_policy
+
+    if cls.__module__.startswith("vla_rl_lib.vla."):
+        return {}  # the stage-2 trainers read config.model_path themselves
+    if not takes_model_policy(cls):
+        raise ConfigError(f"--model_path starts iql, ppo or grpo from a saved VLA; {cls.algorithm} takes no given policy")
+    return {"policy": policy_for_config(config, obs_dim=obs_dim)}
+
+
+def _open_checkpoint(checkpoint, **overrides):
+    """``Trainer.from_checkpoint``, with the policy of a ``--model_path`` run rebuilt at the top."""
+    from vla_rl_lib.vla.pipeline import from_checkpoint
+
+    return from_checkpoint(checkpoint, **overrides)
 
 
 def _report(trainer) -> None:
@@ -275,9 +296,7 @@ def _report(trainer) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from vla_rl_lib.trainer import Trainer
-
-    trainer = Trainer.from_checkpoint(args.checkpoint)
+    trainer = _open_checkpoint(args.checkpoint)
     results = trainer.evaluate(num_episodes=args.num_episodes, env=args.env, seed=args.seed,
                                deterministic=not args.stochastic, video_path=args.video)
     print(json.dumps(results, indent=2))
@@ -286,7 +305,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from vla_rl_lib.checkpoint import load_checkpoint, trainer_meta
-    from vla_rl_lib.trainer import Trainer
 
     path = Path(args.run_dir)
     run_dir = path if path.is_dir() else path.parent
@@ -295,7 +313,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if args.dataset:
         overrides["dataset"] = args.dataset
     meta = trainer_meta(load_checkpoint(checkpoint), checkpoint)
-    trainer = Trainer.from_checkpoint(checkpoint, **overrides)
+    trainer = _open_checkpoint(checkpoint, **overrides)
     trainer.progress_bar = args.progress
     print(f"resuming {meta['algorithm']} at step {trainer.global_step} of {trainer.total_steps} in {run_dir}")
     trainer.train()

@@ -1,4 +1,23 @@
-"""The gymnasium internals the kit relies on, in one place.
+"""The private torch and gymnasium API the kit relies on, in one place.
+
+No other module of the kit calls a private (``_``-prefixed) torch or gymnasium function or reads
+a private attribute: it calls the functions below. ``tests/test_compat.py`` fails loudly, naming
+the API, when a release renames or removes one; where a public equivalent exists, the function
+falls back to it (slower, same result), so the kit keeps working until the test is fixed.
+
+torch
+-----
+* ``torch._foreach_norm``, ``torch._foreach_mul_``, ``torch._foreach_lerp_``: one fused kernel
+  over a list of tensors (the global gradient clip, Polyak target updates); fallback: a loop of
+  the public per-tensor ops.
+* ``torch.ops.mkldnn._is_mkldnn_bf16_supported``: whether the CPU computes bfloat16 matmuls
+  natively; fallback: ``False`` (the kit then keeps float32 on the CPU, always correct).
+
+``torch._functorch.config`` and ``torch._inductor.config`` are torch.compile's documented
+configuration modules; :mod:`vla_rl_lib.compile` uses them.
+
+gymnasium
+---------
 
 An exact resume (:mod:`vla_rl_lib.envs.state`) needs some state that gymnasium keeps outside its
 public API. Every such access goes through the functions below, and ``tests/test_compat.py``
@@ -8,6 +27,8 @@ back to what the public API allows (a resumed run that starts fresh episodes).
 
 * ``SyncVectorEnv._autoreset_envs``: which sub-envs reset on their next ``step()`` (the
   ``AutoresetMode.NEXT_STEP`` bookkeeping; gymnasium 1.x).
+* ``Env._np_random``: an env's random generator, read without seeding one as the public
+  ``np_random`` property would.
 * ``CartPoleVectorEnv``'s per-world state: ``state`` (4 x N), ``steps``, ``prev_done`` (its own
   NEXT_STEP flags) and the reset bounds ``low`` / ``high``; its random generator is the public
   ``np_random``.
@@ -16,8 +37,59 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from vla_rl_lib.errors import IncompatibleError
+
+# ------------------------------------------------------------------------------------------------
+# torch
+# ------------------------------------------------------------------------------------------------
+def foreach_norm(tensors: list) -> list:
+    """The L2 norm of each tensor (``torch._foreach_norm``; fallback ``torch.linalg.vector_norm`` each)."""
+    fused = getattr(torch, "_foreach_norm", None)
+    if fused is not None:
+        return fused(tensors)
+    return [torch.linalg.vector_norm(t) for t in tensors]
+
+
+def foreach_mul_(tensors: list, scalar) -> None:
+    """Multiply every tensor in place by ``scalar`` (a number or a 0-d tensor) (``torch._foreach_mul_``)."""
+    fused = getattr(torch, "_foreach_mul_", None)
+    if fused is not None:
+        fused(tensors, scalar)
+        return
+    for t in tensors:
+        t.mul_(scalar)
+
+
+def foreach_lerp_(targets: list, sources: list, weight: float) -> None:
+    """``target <- target + weight * (source - target)`` for each pair, in place (``torch._foreach_lerp_``)."""
+    fused = getattr(torch, "_foreach_lerp_", None)
+    if fused is not None:
+        fused(targets, sources, weight)
+        return
+    for t, s in zip(targets, sources):
+        t.lerp_(s, weight)
+
+
+def mkldnn_bf16_supported() -> bool:
+    """Whether oneDNN computes bfloat16 on this CPU natively (``torch.ops.mkldnn._is_mkldnn_bf16_supported``;
+    fallback ``False``: float32)."""
+    try:
+        check = torch.ops.mkldnn._is_mkldnn_bf16_supported
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(check())
+
+
+# ------------------------------------------------------------------------------------------------
+# gymnasium
+# ------------------------------------------------------------------------------------------------
+def env_rng_if_seeded(env: gym.Env):
+    """The ``np.random.Generator`` of ``env.unwrapped``, or ``None`` if it has none yet (the public
+    ``np_random`` would create and seed one). Fallback without the attribute: ``None``."""
+    return getattr(env.unwrapped, "_np_random", None)
+
 
 #: CartPoleVectorEnv attributes that make up its state (arrays and the reset bounds)
 CARTPOLE_VECTOR_STATE = ("state", "steps", "prev_done", "low", "high")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vla_rl_lib import __version__
+from vla_rl_lib import __version__, compat
 from vla_rl_lib.callbacks import Callback, CallbackList, ProgressBar
 from vla_rl_lib.checkpoint import (check_writable_dir, clear_run, existing_run, load_checkpoint,
                                    remove_stale_temporaries, rng_state, save_checkpoint, seed_everything, set_rng_state,
@@ -388,8 +388,11 @@ class Trainer:
         return self
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **overrides) -> "Trainer":
-        """Rebuild the trainer a checkpoint was written by, and load it (``config`` fields may be overridden)."""
+    def from_checkpoint(cls, path: str | Path, policy: Optional[nn.Module] = None, **overrides) -> "Trainer":
+        """Rebuild the trainer a checkpoint was written by, and load it (``config`` fields may be overridden).
+
+        ``policy=`` hands in a policy of the checkpoint's architecture (its weights are loaded): a run
+        started from ``--model_path`` needs it (:func:`vla_rl_lib.vla.pipeline.from_checkpoint` builds it)."""
         state = load_checkpoint(path)
         meta = trainer_meta(state, path)
         trainer_cls = get_trainer_class(meta["algorithm"]) if cls in (Trainer, OfflineTrainer, OnlineTrainer) else cls
@@ -400,7 +403,8 @@ class Trainer:
                           "is loaded with device='cpu' (pass device=... to choose)", stacklevel=2)
             overrides["device"] = "cpu"
         config = trainer_cls.config_class.from_dict(meta["config"], **overrides)
-        trainer = trainer_cls(config=config, **(meta.get("init") or {}), **(meta.get("hparams") or {}))
+        given = {} if policy is None else {"policy": policy}
+        trainer = trainer_cls(config=config, **(meta.get("init") or {}), **given, **(meta.get("hparams") or {}))
         return trainer.load(path)
 
     # ------------------------------------------------------------------------------------------
@@ -500,7 +504,7 @@ def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` computes bfloat16 matmuls natively (and so faster than float32)."""
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device_type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device_type == "cpu" and compat.mkldnn_bf16_supported()
 
 
 class OfflineTrainer(Trainer):

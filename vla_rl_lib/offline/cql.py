@@ -41,8 +41,8 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
-from vla_rl_lib.nets import QEnsemble, adam, TanhGaussianPolicy, soft_update, without_distribution_checks
-from vla_rl_lib.offline.iql import q_loss
+from vla_rl_lib.losses import critic_loss, soft_update
+from vla_rl_lib.nets import QEnsemble, adam, TanhGaussianPolicy
 from vla_rl_lib.trainer import ActorCriticOfflineTrainer
 from vla_rl_lib.errors import ConfigError
 
@@ -160,7 +160,6 @@ class CQLTrainer(ActorCriticOfflineTrainer):
         self._random_generator = None
 
     # -- one gradient step ----------------------------------------------------------------------
-    @without_distribution_checks
     def update(self, batch: dict) -> dict:
         cfg, hpar = self.config, self.hparams
         n_samples, n_critics = hpar.cql_samples, self.qf.n
@@ -193,7 +192,7 @@ class CQLTrainer(ActorCriticOfflineTrainer):
         q_all = self.qf(obs_all, act_all)  # (n, B + 3BN)
         q_data = q_all[:, :batch_size]
         q_rand, q_pi, q_next_pi = q_all[:, batch_size:].reshape(n_critics, 3, batch_size, n_samples).unbind(1)
-        td_loss = q_loss(q_data, td_target)
+        td_loss = critic_loss(q_data, td_target)
         gap = cql_penalty(q_data, q_rand, q_pi, q_next_pi, pi_log.view(batch_size, n_samples),
                           next_pi_log.view(batch_size, n_samples), act_dim, hpar.cql_importance_sampling)
         weight = hpar.cql_alpha * hpar.min_q_weight

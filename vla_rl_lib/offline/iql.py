@@ -35,8 +35,9 @@ import torch
 import torch.nn as nn
 
 from vla_rl_lib.config import ConfigBase, OfflineRLConfig, hp
-from vla_rl_lib.nets import (DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, adam, soft_update,
-                             without_distribution_checks)
+from vla_rl_lib.errors import ConfigError
+from vla_rl_lib.losses import critic_loss, soft_update
+from vla_rl_lib.nets import DeterministicPolicy, GaussianPolicy, Policy, QEnsemble, ValueNetwork, adam
 from vla_rl_lib.trainer import ActorCriticOfflineTrainer
 
 __all__ = ["IQLHyperparameters", "IQLTrainer", "expectile_loss", "q_loss", "advantage_weights", "awr_policy_loss"]
@@ -58,12 +59,12 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 
 
 def q_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """TD regression of every critic onto one target.
+    """TD regression of every critic onto one target through V (the shared :func:`~vla_rl_lib.losses.critic_loss`).
 
-    ``L_Q = sum_i mean_B (Q_i(s, a) - y)^2`` with ``y = r + gamma (1 - d) V(s')`` (IQL) ;
+    ``L_Q = sum_i mean_B (Q_i(s, a) - y)^2`` with ``y = r + gamma (1 - d) V(s')``;
     ``q_values`` is ``(n_critics, B)``, ``target`` is ``(B,)`` and carries no gradient.
     """
-    return (q_values - target.detach().unsqueeze(0)).pow(2).mean(dim=1).sum()
+    return critic_loss(q_values, target)
 
 
 def advantage_weights(advantages: torch.Tensor, temperature: float, max_weight: float = 100.0) -> torch.Tensor:
@@ -107,26 +108,30 @@ class IQLTrainer(ActorCriticOfflineTrainer):
     """Implicit Q-Learning (see the module docstring for the equations).
 
     ``IQLTrainer(obs_dim=11, action_dim=3, config=config, expectile=0.7, temperature=3.0)``;
-    ``trainer.train(buffer)``; ``trainer.policy`` acts on raw observations.
+    ``trainer.train(buffer)``; ``trainer.policy`` acts on raw observations. ``policy=`` hands in the
+    actor (stage 3 of the VLA recipe: a ``VLAPolicy`` reading images and instructions, built by
+    :func:`vla_rl_lib.vla.pipeline.iql_from_model`; the critics still read the state vectors).
     """
 
     algorithm = "iql"
     Hyperparameters = IQLHyperparameters
 
     def __init__(self, obs_dim: int, action_dim: int, config: Optional[OfflineRLConfig] = None, callbacks=None,
-                 use_wandb: bool = False, progress_bar: bool = False, **hparams):
+                 use_wandb: bool = False, progress_bar: bool = False, policy: Optional[nn.Module] = None, **hparams):
         super().__init__(obs_dim, action_dim, config, callbacks, use_wandb, progress_bar, **hparams)
         cfg, hpar = self.config, self.hparams
         hidden = (cfg.hidden_dim, cfg.hidden_dim)
-        if hpar.deterministic_policy:
-            actor: Policy = DeterministicPolicy(obs_dim, action_dim, hidden)
+        if policy is not None:
+            actor: Policy = policy
+        elif cfg.model_path:
+            raise ConfigError(f"config.model_path={cfg.model_path!r} is set but no policy was given: trainers do not "
+                              "load models themselves; use vla_rl_lib.vla.pipeline.iql_from_model(model_path, config) "
+                              "or `vla-rl train iql --model_path`")
+        elif hpar.deterministic_policy:
+            actor = DeterministicPolicy(obs_dim, action_dim, hidden)
         else:
             actor = GaussianPolicy(obs_dim, action_dim, hidden, activation=nn.ReLU, tanh_mean=True,
                                    ortho_init=False, dropout=hpar.actor_dropout or 0.0)
-        if cfg.model_path:  # stage 3 of the VLA recipe: the actor is the saved VLA (critics read the state)
-            from vla_rl_lib.vla.policy import load_policy
-
-            actor = load_policy(cfg.model_path, device=self.device, obs_dim=obs_dim)
         self.actor = actor.to(self.device)
         self.qf = QEnsemble(obs_dim, action_dim, hidden, n=hpar.num_critics).to(self.device)
         self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
@@ -140,7 +145,6 @@ class IQLTrainer(ActorCriticOfflineTrainer):
             self.actor_lr_schedule = None
 
     # -- one gradient step ----------------------------------------------------------------------
-    @without_distribution_checks
     def update(self, batch: dict) -> dict:
         cfg, hpar = self.config, self.hparams
         obs_raw = self.raw_observations(batch["observations"])

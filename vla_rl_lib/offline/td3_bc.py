@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from vla_rl_lib.config import ConfigBase, hp
-from vla_rl_lib.nets import DeterministicPolicy, QEnsemble, adam, soft_update
+from vla_rl_lib.losses import critic_loss, soft_update
+from vla_rl_lib.nets import DeterministicPolicy, QEnsemble, adam
 from vla_rl_lib.trainer import OfflineTrainer
 
 __all__ = ["TD3BCHyperparameters", "TD3BCTrainer", "td3_target", "critic_loss", "td3_bc_actor_loss"]
@@ -68,11 +69,6 @@ def td3_target(rewards: torch.Tensor, dones: torch.Tensor, next_q: torch.Tensor,
     ``a~' = clip(pi'(s') + clip(eps, -c, c), low, high)``.
     """
     return rewards + gamma * (1.0 - dones) * next_q.min(dim=0).values
-
-
-def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``L_Q = sum_i mean_B (Q_i(s, a) - y)^2`` over the twin critics (``q`` is ``(n, B)``)."""
-    return ((q - target.unsqueeze(0)) ** 2).mean(dim=1).sum()
 
 
 def td3_bc_actor_loss(q_pi: torch.Tensor, pi: torch.Tensor, actions: torch.Tensor, alpha: float):

@@ -60,13 +60,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vla_rl_lib.config import RLConfig
-from vla_rl_lib.envs.state import as_checkpoint_value, from_checkpoint_value, get_env_state, restore_env_state
 from vla_rl_lib.errors import IncompatibleError
-from vla_rl_lib.nets import ValueNetwork, without_distribution_checks
-from vla_rl_lib.online.rollout import (autoreset_mode, check_policy, compute_gae, EpisodeStats, explained_variance,
-                                       final_observations, holds_tensors, index_obs, make_adam, obs_to_tensor,
-                                       resolve_policy, RewardScaler, RolloutBuffer, rollout_envs, RunningMeanStd,
-                                       slice_obs, to_device)
+from vla_rl_lib.losses import clip_grad_norm
+from vla_rl_lib.nets import ValueNetwork
+from vla_rl_lib.online.rollout import (check_policy, compute_gae, explained_variance, index_obs, make_adam,
+                                       minibatches, resolve_policy, RewardScaler, RolloutBuffer, rollout_envs,
+                                       RunningMeanStd, VectorRollout)
 from vla_rl_lib.trainer import OnlineTrainer
 
 __all__ = ["PPOTrainer", "clipped_surrogate", "value_loss"]
@@ -102,17 +101,6 @@ def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
     return (advantages - mean) / (std + 1e-8)
 
 
-def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
-    """Scale all gradients by ``min(1, max_norm / (||g|| + 1e-6))``, ``||g||`` their global L2 norm
-    (``torch.nn.utils.clip_grad_norm_``'s rule, in four ops)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-    return norm
-
-
 @torch.no_grad()
 def kl_and_clip_fraction(log_ratios: list, clip_range: float) -> dict:
     """Diagnostics averaged over the updates of one ``learn``, from each update's ``log r_t``:
@@ -128,7 +116,14 @@ def kl_and_clip_fraction(log_ratios: list, clip_range: float) -> dict:
 
 
 class PPOTrainer(OnlineTrainer):
-    """PPO (see the module docstring). ``PPOTrainer(env, config=RLConfig(...), policy=None)``."""
+    """PPO (see the module docstring). ``PPOTrainer(env, config=RLConfig(...), policy=None)``.
+
+    The hyperparameters are the ``ppo_*`` fields of :class:`~vla_rl_lib.config.RLConfig`
+    (``ppo_clip_range``, ``ppo_epochs``, ``ppo_gae_lambda``, ``ppo_value_coef``, ``ppo_entropy_coef``,
+    ``ppo_max_grad_norm``, ...) with ``rollout_steps``, ``num_envs``, ``batch_size``,
+    ``learning_rate`` and ``discount_gamma``. Stepping the envs (both gymnasium autoreset modes,
+    host/device copies) is :class:`~vla_rl_lib.online.rollout.VectorRollout`'s job.
+    """
 
     algorithm = "ppo"
     Hyperparameters = None
@@ -136,15 +131,30 @@ class PPOTrainer(OnlineTrainer):
     def __init__(self, env=None, config: Optional[RLConfig] = None, policy: Optional[nn.Module] = None,
                  callbacks: Optional[Iterable] = None, use_wandb: bool = False, progress_bar: bool = False):
         super().__init__(env, config, policy, callbacks, use_wandb, progress_bar)
-        self.envs = rollout_envs(self.envs, env, self.env_id, self._make_env)
         cfg = self.config
-        policy = resolve_policy(policy, cfg, self.device, self.observation_space, self.action_space)
-        self.episodes = EpisodeStats(self.num_envs, self.device)
-        self._reset_envs()
-        check_policy(policy, self.observation_space, self.action_space, self.device,
-                     example_obs=index_obs(self._next_obs, [0]))
-        self.policy = policy
+        self.envs = rollout_envs(self.envs, env, self.env_id, self._make_env)
         self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        policy = resolve_policy(policy, cfg, self.device, self.observation_space, self.action_space)
+
+        # running normalisers (nn.Module buffers: saved in checkpoints)
+        self.obs_rms = None
+        if cfg.ppo_normalize_obs:
+            if not isinstance(self.observation_space, gym.spaces.Box) or not hasattr(policy, "set_obs_normalization"):
+                raise IncompatibleError("ppo_normalize_obs needs Box observations and a policy with "
+                                        "set_obs_normalization (the kit's MLP policies)")
+            self.obs_rms = RunningMeanStd(self.observation_space.shape).to(self.device)
+        self.reward_scaler = None
+        if cfg.ppo_normalize_reward:
+            self.reward_scaler = RewardScaler(self.num_envs, cfg.discount_gamma).to(self.device)
+
+        # the rollout: envs, policy samples and values into a buffer of rollout_steps x num_envs
+        self.rollout = VectorRollout(self.envs, self.device, self.action_space, self.obs_rms, self.reward_scaler)
+        self.rollout.reset(cfg.seed)
+        check_policy(policy, self.observation_space, self.action_space, self.device,
+                     example_obs=index_obs(self.rollout.next_obs, [0]))
+        self.policy = policy
+        action_shape = () if self.discrete else tuple(self.action_space.shape)
+        self.buffer = RolloutBuffer(cfg.rollout_steps, self.num_envs, action_shape, self.discrete, self.device)
 
         # the critic: the policy's own value head, or a separate network on normalised observations
         if getattr(policy, "has_value", False):
@@ -161,29 +171,19 @@ class PPOTrainer(OnlineTrainer):
             params += list(self.value_net.parameters())
         self._params = params
         self.optimizer = make_adam(params, cfg.learning_rate)
-
-        # running normalisers (nn.Module buffers: saved in checkpoints)
-        self.obs_rms = None
-        if cfg.ppo_normalize_obs:
-            if not isinstance(self.observation_space, gym.spaces.Box) or not hasattr(policy, "set_obs_normalization"):
-                raise IncompatibleError("ppo_normalize_obs needs Box observations and a policy with "
-                                        "set_obs_normalization (the kit's MLP policies)")
-            self.obs_rms = RunningMeanStd(self.observation_space.shape).to(self.device)
-        self.reward_scaler = None
-        if cfg.ppo_normalize_reward:
-            self.reward_scaler = RewardScaler(self.num_envs, cfg.discount_gamma).to(self.device)
-
         self.minibatch_generator = torch.Generator().manual_seed(cfg.seed)
-        action_shape = () if self.discrete else tuple(self.action_space.shape)
-        self.buffer = RolloutBuffer(cfg.rollout_steps, self.num_envs, action_shape, self.discrete, self.device)
-        self._autoreset = autoreset_mode(self.envs)
-        if isinstance(self.action_space, gym.spaces.Box):
-            self._low, self._high = self.action_space.low, self.action_space.high
-            self._low_t = torch.as_tensor(self._low, dtype=torch.float32, device=self.device)
-            self._high_t = torch.as_tensor(self._high, dtype=torch.float32, device=self.device)
+
+    # (the rollout's state under the names the trainer had before it moved there)
+    @property
+    def _next_obs(self):
+        return self.rollout.next_obs
+
+    @property
+    def _tensor_env(self) -> bool:
+        return self.rollout.tensor_env
 
     # ------------------------------------------------------------------------------------------
-    # acting
+    # the networks: pi(a|s) and V(s)
     # ------------------------------------------------------------------------------------------
     def _value(self, obs) -> torch.Tensor:
         if self.value_net is None:
@@ -206,151 +206,57 @@ class PPOTrainer(OnlineTrainer):
             values = self._value(obs)
         return log_probs.reshape(-1), entropy.reshape(-1), values.reshape(-1)
 
-    def _env_actions(self, actions: torch.Tensor):
-        """The actions the env is stepped with: tensors on the device for an env that returns tensors
-        (no host copy), else numpy."""
-        if self._tensor_env:
-            return actions.reshape(-1) if self.discrete else torch.clamp(actions, self._low_t, self._high_t)
-        a = actions.cpu().numpy()
-        if self.discrete:
-            return a.reshape(-1).astype(np.int64)
-        return np.clip(a, self._low, self._high)
-
-    @without_distribution_checks
     def predict(self, obs, deterministic: bool = True):
         action = self.policy.predict(obs, deterministic=deterministic)
         if not self.discrete and isinstance(self.action_space, gym.spaces.Box):
-            action = np.clip(action, self._low, self._high)
+            action = np.clip(action, self.action_space.low, self.action_space.high)
         return action
 
     # ------------------------------------------------------------------------------------------
-    # collecting a rollout
+    # 1. collect a rollout
     # ------------------------------------------------------------------------------------------
-    def _reset_envs(self) -> None:
-        """Start fresh episodes (at construction and after loading a checkpoint)."""
-        self._next_obs, _ = self.envs.reset(seed=self.config.seed + self.global_step)
-        self._tensor_env = holds_tensors(self._next_obs)
-        # NEXT_STEP: the next step is a reset step
-        self._after_done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-        self.episodes.reset()
-        if getattr(self, "reward_scaler", None) is not None:
-            self.reward_scaler.returns.zero_()
-
-    @without_distribution_checks
     @torch.inference_mode()
     def collect(self) -> int:
-        cfg, buf = self.config, self.buffer
-        if self._next_obs is None:
-            self._reset_envs()
+        cfg = self.config
         if cfg.ppo_anneal_lr:  # linear annealing to 0 over total_timesteps
             frac = max(1.0 - self.global_step / cfg.total_timesteps, 0.0)
             for group in self.optimizer.param_groups:
                 group["lr"] = frac * cfg.learning_rate
         if self.obs_rms is not None:  # freeze the statistics for this rollout and its update
             self.policy.set_obs_normalization(self.obs_rms.mean.float(), self.obs_rms.std().float())
-        buf.reset()
-        final_values = torch.zeros_like(buf.values)
-        has_final = torch.zeros_like(buf.valid)
-        same_step = self._autoreset == "same_step"
-        # A separate critic does not act: V(s_t) of the whole rollout is computed in one pass after it
-        # (the same network and parameters as during the rollout), not in one small pass per step.
-        late_values = self.value_net is not None
-        obs = self._next_obs
-        # Everything below stays on the device: an env that returns tensors is stepped with tensors,
-        # and a numpy env's rewards and flags are copied to the device once per step.
-        for t in range(cfg.rollout_steps):
-            obs_t = obs_to_tensor(obs, self.device)
-            actions, log_probs, values = self._act(obs_t, with_value=not late_values)
-            next_obs, rewards, terminated, truncated, infos = self.envs.step(self._env_actions(actions))
-            rewards = to_device(rewards, self.device, torch.float32)
-            terminated = to_device(terminated, self.device, torch.bool)
-            truncated = to_device(truncated, self.device, torch.bool)
-            dones = terminated | truncated
-            valid = ~self._after_done
-            if self.obs_rms is not None:
-                self.obs_rms.update(obs_t, valid)
-            self.episodes.step(rewards, dones, valid)  # reset steps are not transitions: no length
-            train_rewards = rewards if self.reward_scaler is None else self.reward_scaler(rewards, dones, valid)
-            if same_step:
-                cut = truncated & ~terminated
-                if bool(cut.any()):  # bootstrap from the true final observation (one sync per step)
-                    cut = torch.nonzero(cut).squeeze(1)
-                    final = final_observations(infos, cut)
-                    final_values[t, cut] = self._value(obs_to_tensor(final, self.device))
-                    has_final[t, cut] = True
-            else:
-                self._after_done = dones
-                dones = dones | ~valid  # the reset step ends nothing that follows it
-            buf.add(obs_t, actions, log_probs, values, train_rewards, terminated & valid, dones, valid)
-            obs = next_obs
-        for episode_return, length in self.episodes.finished():  # one host copy per rollout
+        # a separate critic does not act: V(s_t) of the whole rollout comes in one pass after it
+        finished = self.rollout.collect(self.buffer, self._act, self._value, late_values=self.value_net is not None,
+                                        seed=cfg.seed + self.global_step)
+        for episode_return, length in finished:
             self.record_episode(episode_return, length)
-        self._next_obs = obs
-        buf.finish()
-        last_obs = obs_to_tensor(obs, self.device)
-        if late_values:
-            rollout_obs = buf.flat_obs()
-            values = self._value(torch.cat([rollout_obs, last_obs]))
-            buf.values.copy_(values[:len(rollout_obs)].reshape(buf.values.shape))
-            last_values = values[len(rollout_obs):]
-        else:
-            last_values = self._value(last_obs)
-        buf.next_values[:-1] = buf.values[1:]
-        buf.next_values[-1] = last_values
-        buf.next_values = torch.where(has_final, final_values, buf.next_values)
         return cfg.rollout_steps * self.num_envs
 
     # ------------------------------------------------------------------------------------------
-    # learning from it
+    # 2. advantages and 3. epochs of minibatch updates
     # ------------------------------------------------------------------------------------------
-    @without_distribution_checks
     def learn(self) -> dict:
         cfg, buf = self.config, self.buffer
         advantages, returns = compute_gae(buf.rewards, buf.values, buf.next_values, buf.terminations, buf.dones,
                                           cfg.discount_gamma, cfg.ppo_gae_lambda)
-        n = buf.steps * buf.num_envs
-        data = {"obs": buf.flat_obs(), "actions": buf.actions.reshape(n, *buf.actions.shape[2:]),
-                "old_log_probs": buf.log_probs.reshape(n), "old_values": buf.values.reshape(n),
-                "advantages": advantages.reshape(n), "returns": returns.reshape(n)}
-        valid = buf.valid.reshape(n)
-        keep = None if bool(valid.all()) else torch.nonzero(valid).squeeze(1)
-        if keep is not None:  # leave out the NEXT_STEP reset steps once
-            data = {k: index_obs(v, keep) for k, v in data.items()}
-        size = n if keep is None else keep.numel()
-        batch = min(cfg.batch_size, size)
-        # One minibatch holding every transition (the zoo's CartPole settings): its loss is a mean over
-        # the same set in every epoch, so shuffling changes nothing and its advantages are normalised once.
-        whole = batch >= size
-        if whole and size > 1:
-            data["advantages"] = normalize_advantages(data["advantages"])
+        data = buf.transitions(advantages, returns)
         stats, log_ratios = [], []
-        for _ in range(cfg.ppo_epochs):
-            if whole:
-                shuffled = data
-            else:  # one gather per epoch; minibatches are slices of it
-                order = torch.randperm(size, generator=self.minibatch_generator).to(buf.device)
-                shuffled = {k: index_obs(v, order) for k, v in data.items()}
-            for start in range(0, size, batch):
-                mb = shuffled if whole else {k: slice_obs(v, start, start + batch) for k, v in shuffled.items()}
-                adv = mb["advantages"]
-                if not whole and adv.numel() > 1:  # per-minibatch advantage normalisation
-                    adv = normalize_advantages(adv)
-                log_probs, entropy, values = self._evaluate(mb["obs"], mb["actions"])
-                log_ratio = log_probs - mb["old_log_probs"]
-                ratio = log_ratio.exp()
-                pg_loss = clipped_surrogate(ratio, adv, cfg.ppo_clip_range)
-                v_loss = value_loss(values, mb["old_values"], mb["returns"], cfg.ppo_clip_range_vf)
-                ent = entropy.mean()
-                loss = pg_loss + cfg.ppo_value_coef * v_loss
-                if cfg.ppo_entropy_coef:  # (a zero coefficient adds nothing to the gradient: no backward through H)
-                    loss = loss - cfg.ppo_entropy_coef * ent
-                for param in self._params:  # the optimiser's zero_grad(set_to_none=True), without its profiler range
-                    param.grad = None
-                loss.backward()
-                clip_grad_norm(self._params, cfg.ppo_max_grad_norm)
-                self.optimizer.step()
-                stats.append((pg_loss.detach(), v_loss.detach(), ent.detach()))
-                log_ratios.append(log_ratio.detach())
+        for mb in minibatches(data, cfg.batch_size, cfg.ppo_epochs, self.minibatch_generator, normalize_advantages):
+            log_probs, entropy, values = self._evaluate(mb["obs"], mb["actions"])
+            log_ratio = log_probs - mb["old_log_probs"]
+            ratio = log_ratio.exp()
+            pg_loss = clipped_surrogate(ratio, mb["advantages"], cfg.ppo_clip_range)
+            v_loss = value_loss(values, mb["old_values"], mb["returns"], cfg.ppo_clip_range_vf)
+            ent = entropy.mean()
+            loss = pg_loss + cfg.ppo_value_coef * v_loss
+            if cfg.ppo_entropy_coef:  # (a zero coefficient adds nothing to the gradient: no backward through H)
+                loss = loss - cfg.ppo_entropy_coef * ent
+            for param in self._params:  # the optimiser's zero_grad(set_to_none=True), without its profiler range
+                param.grad = None
+            loss.backward()
+            clip_grad_norm(self._params, cfg.ppo_max_grad_norm)
+            self.optimizer.step()
+            stats.append((pg_loss.detach(), v_loss.detach(), ent.detach()))
+            log_ratios.append(log_ratio.detach())
         metrics = {name: torch.stack(values).mean().item()
                    for name, values in zip(("policy_loss", "value_loss", "entropy"), zip(*stats))}
         metrics.update(kl_and_clip_fraction(log_ratios, cfg.ppo_clip_range))
@@ -359,26 +265,13 @@ class PPOTrainer(OnlineTrainer):
         return metrics
 
     # ------------------------------------------------------------------------------------------
-    # checkpoints: networks, optimiser, normalisers and generators are found automatically. The
-    # environment's state (vla_rl_lib.envs.state) and the rollout's place in it are saved here, so
-    # a resumed run continues its episodes exactly; an env whose state cannot be saved starts fresh ones.
+    # checkpoints: networks, optimiser, normalisers and generators are found automatically; the
+    # rollout adds the environment's state and its place in it (VectorRollout.checkpoint)
     # ------------------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        # (an env caught part-way through a rollout, by Ctrl-C, is ahead of _next_obs: not saved)
-        env = None if self._next_obs is None or self._mid_rollout else get_env_state(self.envs)
-        if env is None:
-            return super().extra_state()
-        return {**super().extra_state(), "env": env, "rollout": as_checkpoint_value({
-            "next_obs": self._next_obs, "after_done": self._after_done,
-            "episode_returns": self.episodes.returns, "episode_lengths": self.episodes.lengths})}
+        # (an env caught part-way through a rollout, by Ctrl-C, is ahead of the rollout: not saved)
+        return {**super().extra_state(), **({} if self._mid_rollout else self.rollout.checkpoint())}
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)
-        if not restore_env_state(self.envs, state.get("env"), self.algorithm):
-            self._next_obs = None  # fresh episodes at the next collect (reset with seed + global_step)
-            return
-        rollout = from_checkpoint_value(state["rollout"])
-        self._next_obs = rollout["next_obs"]
-        self._after_done = rollout["after_done"].to(self.device)
-        self.episodes.returns.copy_(rollout["episode_returns"])
-        self.episodes.lengths.copy_(rollout["episode_lengths"])
+        self.rollout.restore(state, self.algorithm)

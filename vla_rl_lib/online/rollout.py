@@ -8,8 +8,10 @@
 * An env that returns torch tensors (``holds_tensors``) keeps the whole rollout on its device:
   it is stepped with tensors, and rewards, flags, episode statistics (``EpisodeStats``) and the
   running normalisers never go through numpy.
-* ``RolloutBuffer``: one PPO rollout of ``rollout_steps x num_envs`` transitions, with the masks
-  that gymnasium 1.x autoreset needs.
+* ``VectorRollout``: steps a vector env with the policy and fills a ``RolloutBuffer`` (one PPO
+  rollout of ``rollout_steps x num_envs`` transitions, with the masks that gymnasium 1.x autoreset
+  needs, and ``V(s_{t+1})`` for the GAE); ``RolloutBuffer.transitions`` flattens it and
+  ``minibatches`` cuts it into shuffled minibatches for the epochs of an update.
 * ``compute_gae``: generalised advantage estimation that bootstraps on truncation, not on termination.
 * ``RunningMeanStd`` / ``RewardScaler``: running statistics kept in ``nn.Module`` buffers so a
   checkpoint carries them.
@@ -37,8 +39,9 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
+from vla_rl_lib.envs.state import as_checkpoint_value, from_checkpoint_value, get_env_state, restore_env_state
 from vla_rl_lib.envs.text import IndexedText
-from vla_rl_lib.errors import IncompatibleError, MissingDependencyError
+from vla_rl_lib.errors import ConfigError, IncompatibleError
 from vla_rl_lib.nets import LOG_STD_MIN, LOG_STD_MAX, CategoricalPolicy, DistributionPolicy, GaussianPolicy, Policy, adam
 
 Obs = Any  # np.ndarray (B, ...) or dict[str, np.ndarray | list[str]]
@@ -346,6 +349,185 @@ class RolloutBuffer:
             return torch.cat(self.obs)
         return concat_obs(self.obs)
 
+    def transitions(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
+        """The rollout's transitions as flat rows ``{"obs", "actions", "old_log_probs", "old_values",
+        "advantages", "returns"}``, time-major, with the NEXT_STEP reset steps (``valid`` False) left out."""
+        n = self.steps * self.num_envs
+        data = {"obs": self.flat_obs(), "actions": self.actions.reshape(n, *self.actions.shape[2:]),
+                "old_log_probs": self.log_probs.reshape(n), "old_values": self.values.reshape(n),
+                "advantages": advantages.reshape(n), "returns": returns.reshape(n)}
+        valid = self.valid.reshape(n)
+        if bool(valid.all()):
+            return data
+        keep = torch.nonzero(valid).squeeze(1)
+        return {k: index_obs(v, keep) for k, v in data.items()}
+
+
+def minibatches(data: dict, batch_size: int, epochs: int, generator: torch.Generator, normalize=None):
+    """Yield the minibatches of ``epochs`` passes over ``data`` (the rows of
+    :meth:`RolloutBuffer.transitions`), each pass in a new random order drawn from ``generator``.
+
+    ``normalize`` (e.g. PPO's advantage normalisation) is applied to each minibatch's
+    ``"advantages"`` when it has more than one row. When one minibatch holds every row (the zoo's
+    CartPole settings), every epoch sees the same set: it is not shuffled (the loss is a mean, so
+    order changes nothing) and its advantages are normalised once, not once per epoch.
+    """
+    size = len(data["advantages"])
+    batch = min(batch_size, size)
+    if batch >= size:
+        if normalize is not None and size > 1:
+            data = dict(data, advantages=normalize(data["advantages"]))
+        for _ in range(epochs):
+            yield data
+        return
+    for _ in range(epochs):
+        order = torch.randperm(size, generator=generator).to(data["advantages"].device)
+        shuffled = {k: index_obs(v, order) for k, v in data.items()}  # one gather per epoch; minibatches slice it
+        for start in range(0, size, batch):
+            mb = {k: slice_obs(v, start, start + batch) for k, v in shuffled.items()}
+            if normalize is not None and mb["advantages"].numel() > 1:
+                mb["advantages"] = normalize(mb["advantages"])
+            yield mb
+
+
+class VectorRollout:
+    """Collects on-policy rollouts from a vector env into a :class:`RolloutBuffer`: the engineering
+    under "run the policy for T steps in N envs" (PPO's step 1).
+
+    * Both gymnasium 1.x autoreset modes (module docstring): with NEXT_STEP the step after an
+      episode's end is a reset step, marked invalid (``after_done``) and ending nothing; with
+      SAME_STEP an episode cut by its time limit bootstraps from ``V`` of ``infos["final_obs"]``.
+    * ``V(s_{t+1})`` for the GAE in ``buffer.next_values``. With ``late_values`` (a critic that
+      does not act, e.g. a separate ``ValueNetwork``), ``V(s_t)`` of the whole rollout is computed
+      in one pass after it (the same network and parameters), not in one small pass per step.
+    * Host/device plumbing: an env that returns tensors is stepped with tensors on the device (no
+      host copy); a numpy env's rewards and flags are copied to the device once per step.
+    * Running statistics on valid steps only: observation statistics (``obs_rms``), return-based
+      reward scaling (``reward_scaler``) and the training episodes' returns and lengths.
+
+    ``next_obs`` is None until :meth:`reset` (or after a checkpoint without the env's state):
+    the next :meth:`collect` then starts fresh episodes.
+    """
+
+    def __init__(self, envs, device, action_space, obs_rms: Optional["RunningMeanStd"] = None,
+                 reward_scaler: Optional["RewardScaler"] = None):
+        self.envs, self.device = envs, device
+        self.num_envs = envs.num_envs
+        self.mode = autoreset_mode(envs)
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if isinstance(action_space, gym.spaces.Box):
+            self._low, self._high = action_space.low, action_space.high
+            self._low_t = torch.as_tensor(self._low, dtype=torch.float32, device=device)
+            self._high_t = torch.as_tensor(self._high, dtype=torch.float32, device=device)
+        self.obs_rms, self.reward_scaler = obs_rms, reward_scaler
+        self.episodes = EpisodeStats(self.num_envs, device)
+        self.next_obs: Obs = None
+        self.tensor_env = False
+        self.after_done = torch.zeros(self.num_envs, dtype=torch.bool, device=device)
+
+    def reset(self, seed: int) -> None:
+        """Start fresh episodes (``envs.reset(seed=seed)``)."""
+        self.next_obs, _ = self.envs.reset(seed=seed)
+        self.tensor_env = holds_tensors(self.next_obs)
+        self.after_done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)  # NEXT_STEP: next is a reset step
+        self.episodes.reset()
+        if self.reward_scaler is not None:
+            self.reward_scaler.returns.zero_()
+
+    def env_actions(self, actions: torch.Tensor):
+        """The actions the env is stepped with, clipped to a Box: tensors on the device for an env
+        that returns tensors (no host copy), else numpy."""
+        if self.tensor_env:
+            return actions.reshape(-1) if self.discrete else torch.clamp(actions, self._low_t, self._high_t)
+        a = actions.cpu().numpy()
+        if self.discrete:
+            return a.reshape(-1).astype(np.int64)
+        return np.clip(a, self._low, self._high)
+
+    def collect(self, buffer: "RolloutBuffer", act, value, late_values: bool, seed: int) -> list:
+        """Fill ``buffer`` with ``buffer.steps`` steps of every env; return the training episodes
+        that ended, ``[(return, length), ...]``.
+
+        ``act(obs, with_value) -> (actions, log_probs, values or None)`` samples the policy;
+        ``value(obs) -> V(obs)``; ``seed`` resets the envs if they hold no episodes yet."""
+        if self.next_obs is None:
+            self.reset(seed)
+        buffer.reset()
+        final_values = torch.zeros_like(buffer.values)
+        has_final = torch.zeros_like(buffer.valid)
+        same_step = self.mode == "same_step"
+        obs = self.next_obs
+        for t in range(buffer.steps):
+            obs_t = obs_to_tensor(obs, self.device)
+            actions, log_probs, values = act(obs_t, not late_values)
+            next_obs, rewards, terminated, truncated, infos = self.envs.step(self.env_actions(actions))
+            rewards = to_device(rewards, self.device, torch.float32)
+            terminated = to_device(terminated, self.device, torch.bool)
+            truncated = to_device(truncated, self.device, torch.bool)
+            dones = terminated | truncated
+            valid = ~self.after_done
+            if self.obs_rms is not None:
+                self.obs_rms.update(obs_t, valid)
+            self.episodes.step(rewards, dones, valid)  # reset steps are not transitions: no length
+            train_rewards = rewards if self.reward_scaler is None else self.reward_scaler(rewards, dones, valid)
+            if same_step:
+                cut = truncated & ~terminated
+                if bool(cut.any()):  # bootstrap from the true final observation (one sync per step)
+                    cut = torch.nonzero(cut).squeeze(1)
+                    final = final_observations(infos, cut)
+                    final_values[t, cut] = value(obs_to_tensor(final, self.device))
+                    has_final[t, cut] = True
+            else:
+                self.after_done = dones
+                dones = dones | ~valid  # the reset step ends nothing that follows it
+            buffer.add(obs_t, actions, log_probs, values, train_rewards, terminated & valid, dones, valid)
+            obs = next_obs
+        finished = self.episodes.finished()  # one host copy per rollout
+        self.next_obs = obs
+        buffer.finish()
+        last_obs = obs_to_tensor(obs, self.device)
+        if late_values:
+            rollout_obs = buffer.flat_obs()
+            values = value(torch.cat([rollout_obs, last_obs]))
+            buffer.values.copy_(values[:len(rollout_obs)].reshape(buffer.values.shape))
+            last_values = values[len(rollout_obs):]
+        else:
+            last_values = value(last_obs)
+        buffer.next_values[:-1] = buffer.values[1:]
+        buffer.next_values[-1] = last_values
+        buffer.next_values = torch.where(has_final, final_values, buffer.next_values)
+        return finished
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        """``{"env": ..., "rollout": ...}`` for a trainer's checkpoint: the environment's state
+        (:mod:`vla_rl_lib.envs.state`: worlds, step counters, pending autoresets, generators) and the
+        rollout's place in it, so a resumed run continues its episodes exactly; ``{}`` before the
+        first reset or for an env whose state cannot be saved."""
+        env = None if self.next_obs is None else get_env_state(self.envs)
+        if env is None:
+            return {}
+        return {"env": env, "rollout": as_checkpoint_value(self.state())}
+
+    def restore(self, checkpoint: dict, algorithm: str) -> None:
+        """Put back what :meth:`checkpoint` saved; without it (or for another env) the next
+        :meth:`collect` starts fresh episodes."""
+        if not restore_env_state(self.envs, checkpoint.get("env"), algorithm):
+            self.next_obs = None
+            return
+        self.load_state(from_checkpoint_value(checkpoint["rollout"]))
+
+    def state(self) -> dict:
+        return {"next_obs": self.next_obs, "after_done": self.after_done,
+                "episode_returns": self.episodes.returns, "episode_lengths": self.episodes.lengths}
+
+    def load_state(self, state: dict) -> None:
+        self.next_obs = state["next_obs"]
+        self.tensor_env = holds_tensors(self.next_obs)
+        self.after_done = state["after_done"].to(self.device)
+        self.episodes.returns.copy_(state["episode_returns"])
+        self.episodes.lengths.copy_(state["episode_lengths"])
+
 
 # ------------------------------------------------------------------------------------------------
 # running normalisation (kept in buffers, so checkpoints carry it)
@@ -496,14 +678,20 @@ class GaussianExploration(DistributionPolicy):
     def distribution(self, obs):
         mean = self.base.unscale_action(self.base.get_action(obs, deterministic=True))
         std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(mean)
-        return Normal(mean, std)
+        return Normal(mean, std, validate_args=False)  # (no argument checks: nets.py's docstring)
 
 
 def resolve_policy(policy, config, device, observation_space, action_space) -> nn.Module:
     """The policy an on-policy trainer optimises: the one given (made stochastic when it is
-    deterministic), else one loaded from ``config.model_path``, else the default MLP for the spaces."""
+    deterministic), else the default MLP for the spaces.
+
+    Trainers build no model from a folder: ``config.model_path`` (``--model_path``) is turned into
+    a policy at the top, by the command line or :mod:`vla_rl_lib.vla.pipeline`, and handed in as
+    ``policy=`` (docs/architecture.md)."""
     if policy is None and config.model_path:
-        policy = load_model_policy(config.model_path, device, observation_space, action_space)
+        raise ConfigError(f"config.model_path={config.model_path!r} is set but no policy was given: trainers do not "
+                          "load models themselves. Pass policy=vla_rl_lib.vla.pipeline.policy_for_config(config), "
+                          "use vla_rl_lib.vla.pipeline.ppo_from_model / grpo_from_model, or `vla-rl train --model_path`")
     if policy is None:
         policy = default_policy(observation_space, action_space, config.hidden_dim)
     else:
@@ -551,20 +739,6 @@ def check_policy(policy, observation_space, action_space, device, example_obs: O
     if shape != want and not (discrete_space and shape == (1, 1)):
         raise IncompatibleError(f"the policy's actions have shape {shape[1:]} per observation but the environment's "
                                 f"action space {action_space} needs {want[1:]}; use a policy with the right action size")
-
-
-def load_model_policy(model_path: str, device, observation_space, action_space) -> nn.Module:
-    """The policy for ``--model_path``: the saved VLA behind ``VLAPolicy`` (``vla.policy.load_policy``),
-    with the environment's action bounds and state size."""
-    try:
-        from vla_rl_lib.vla.policy import load_policy
-    except ImportError as exc:
-        raise MissingDependencyError(f"--model_path needs the kit's VLA module (vla_rl_lib.vla): {exc}") from None
-    obs_dim = None
-    if isinstance(observation_space, gym.spaces.Dict) and "state" in observation_space.spaces:
-        obs_dim = int(np.prod(observation_space["state"].shape))
-    box = action_space if isinstance(action_space, gym.spaces.Box) else None
-    return load_policy(model_path, device=device, action_space=box, obs_dim=obs_dim)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

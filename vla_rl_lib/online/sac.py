@@ -42,7 +42,8 @@ import torch.nn as nn
 from vla_rl_lib import compat
 from vla_rl_lib.config import ConfigBase, RLConfig, hp
 from vla_rl_lib.errors import ConfigError, IncompatibleError
-from vla_rl_lib.nets import QEnsemble, TanhGaussianPolicy, adam, soft_update
+from vla_rl_lib.losses import critic_loss, soft_update
+from vla_rl_lib.nets import QEnsemble, TanhGaussianPolicy, adam
 from vla_rl_lib.online.replay import ReplayBuffer
 from vla_rl_lib.trainer import OnlineTrainer
 
@@ -66,13 +67,14 @@ def sac_critic_target(rewards: torch.Tensor, terminals: torch.Tensor, next_q: to
 
 
 def sac_critic_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Twin-Q regression, as Stable-Baselines3 writes it::
+    """Twin-Q regression, as Stable-Baselines3 writes it (the shared :func:`~vla_rl_lib.losses.critic_loss`
+    with its factor 1/2)::
 
         L_Q = 1/2 * sum_i mean_batch( (Q_i(s, a) - y)^2 )
 
     ``q_values`` is (n_critics, B); ``target`` is (B,) and is treated as a constant.
     """
-    return 0.5 * (q_values - target.detach()).pow(2).mean(dim=1).sum()
+    return critic_loss(q_values, target, scale=0.5)
 
 
 def sac_actor_loss(log_pi: torch.Tensor, q_pi: torch.Tensor, alpha) -> torch.Tensor:
@@ -115,7 +117,7 @@ class _RecordReset(gym.Wrapper):
         if seed is not None:
             self.last_reset = {"seed": int(seed)}
         else:
-            rng = getattr(self.env.unwrapped, "_np_random", None)
+            rng = compat.env_rng_if_seeded(self.env)
             self.last_reset = {"rng": copy.deepcopy(rng.bit_generator.state)} if rng is not None else {}
         return self.env.reset(seed=seed, options=options)
 

@@ -17,7 +17,10 @@ Each entry point starts from a folder written by ``VLAModel.save_pretrained`` (b
 simulators stepped in lock-step and one batched forward pass per step.
 
 Each function is a thin, readable composition of the kit's trainers; the command line does the same
-with ``vla-rl train iql|ppo|grpo --model_path DIR``.
+with ``vla-rl train iql|ppo|grpo --model_path DIR``. The trainers never load a model themselves:
+:func:`policy_for_config` turns ``config.model_path`` into a ``VLAPolicy`` here, at the top, and
+hands it in as ``policy=``; :func:`from_checkpoint` does the same to reopen such a run
+(docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -182,6 +185,72 @@ def evaluate_success(policy, episodes_per_instruction: int = 20, seed: int = 100
 
 
 # ------------------------------------------------------------------------------------------------
+# --model_path: the policy is built here and handed to the trainers
+# ------------------------------------------------------------------------------------------------
+def _spaces(env):
+    """(observation space, action space) of one env: an instance, a vector env or a name."""
+    import gymnasium as gym
+
+    from vla_rl_lib.envs import make_env
+
+    if isinstance(env, gym.vector.VectorEnv):
+        return env.single_observation_space, env.single_action_space
+    if isinstance(env, gym.Env):
+        return env.observation_space, env.action_space
+    made = make_env(env)
+    try:
+        return made.observation_space, made.action_space
+    finally:
+        made.close()
+
+
+def takes_model_policy(trainer_cls) -> bool:
+    """Whether ``--model_path`` reaches ``trainer_cls`` as a ``policy=`` built here (IQL, PPO, GRPO,
+    SAC); the stage-2 trainers of :mod:`vla_rl_lib.vla` read ``config.model_path`` themselves."""
+    import inspect
+
+    return (not trainer_cls.__module__.startswith("vla_rl_lib.vla.")
+            and "policy" in inspect.signature(trainer_cls.__init__).parameters)
+
+
+def policy_for_config(config, obs_dim: Optional[int] = None, env=None):
+    """The ``VLAPolicy`` that ``config.model_path`` names (None without one), for the trainer about to
+    be built with ``config`` (loaded on the CPU; the trainer moves it to its device): for an offline
+    config with the dataset's state size ``obs_dim``; for an online one with the action bounds and
+    state size of ``env`` (default ``config.env``: an instance, a vector env or a name)."""
+    import gymnasium as gym
+
+    from vla_rl_lib.vla.policy import load_policy
+
+    if not getattr(config, "model_path", None):
+        return None
+    device = "cpu"
+    if isinstance(config, OfflineRLConfig):
+        return load_policy(config.model_path, device=device, obs_dim=obs_dim)
+    observation_space, action_space = _spaces(config.env if env is None else env)
+    if isinstance(observation_space, gym.spaces.Dict) and "state" in observation_space.spaces:
+        obs_dim = int(np.prod(observation_space["state"].shape))
+    box = action_space if isinstance(action_space, gym.spaces.Box) else None
+    return load_policy(config.model_path, device=device, action_space=box, obs_dim=obs_dim)
+
+
+def from_checkpoint(path, **overrides):
+    """``Trainer.from_checkpoint(path)`` for any run, those started from ``--model_path`` included
+    (their policy is rebuilt from the model folder here, then the checkpoint's weights are loaded)."""
+    from vla_rl_lib.checkpoint import load_checkpoint, trainer_meta
+    from vla_rl_lib.trainer import Trainer, get_trainer_class
+
+    meta = trainer_meta(load_checkpoint(path), path)
+    cls = get_trainer_class(meta["algorithm"])
+    policy = None
+    if meta["config"].get("model_path") and takes_model_policy(cls):
+        config = cls.config_class.from_dict(meta["config"], **overrides)
+        init = meta.get("init") or {}
+        policy = policy_for_config(config, obs_dim=init.get("obs_dim"), env=init.get("env"))
+    return Trainer.from_checkpoint(path, policy=policy, **overrides)
+
+
+# ------------------------------------------------------------------------------------------------
 # stage 3 entry points
 # ------------------------------------------------------------------------------------------------
 def _model_image_size(model_path) -> int:
@@ -221,6 +290,8 @@ def ppo_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, env=None, config
     size = policy.model.config.image_size if policy is not None else _model_image_size(model_path)
     if env is None:
         env = driving_envs(config.num_envs, size)
+    if policy is None:
+        policy = policy_for_config(config, env=env)
     trainer = PPOTrainer(env, config=config, policy=policy, callbacks=callbacks)
     _driving_eval_env(trainer, size)
     return trainer
@@ -235,7 +306,8 @@ def grpo_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, env=None, confi
     config = config or RLConfig(env="driving", output_dir="./output/stage3_grpo")
     config = config.replace(algorithm="grpo", env="driving", model_path=str(model_path))
     size = _model_image_size(model_path)
-    trainer = GRPOTrainer(env if env is not None else DrivingEnv(image_size=size), config=config, callbacks=callbacks)
+    env = env if env is not None else DrivingEnv(image_size=size)
+    trainer = GRPOTrainer(env, config=config, policy=policy_for_config(config, env=env), callbacks=callbacks)
     _driving_eval_env(trainer, size)
     return trainer
 
@@ -288,7 +360,8 @@ def iql_from_model(model_path: str | Path = DEFAULT_MODEL_PATH, config: Optional
 
     config = config or OfflineRLConfig(dataset="driving-mixed-v1", output_dir="./output/stage3b_iql")
     config = config.replace(model_path=str(model_path))
-    return IQLTrainer(STATE_DIM, 2, config=config, callbacks=callbacks, **hparams)
+    return IQLTrainer(STATE_DIM, 2, config=config, callbacks=callbacks,
+                      policy=policy_for_config(config, obs_dim=STATE_DIM), **hparams)
 
 
 def offline_to_online(iql_trainer, env=None, config: Optional[RLConfig] = None, learning_rate: float = 1e-5,

@@ -165,8 +165,8 @@ class VLAPolicy(Policy):
     # -- distributions ------------------------------------------------------------------------------
     def _dist(self, out: dict):
         if self.tokens:
-            return Categorical(logits=out["logits"])
-        return Normal(out["mean"], out["log_std"].exp())
+            return Categorical(logits=out["logits"], validate_args=False)  # (no argument checks: nets.py's docstring)
+        return Normal(out["mean"], out["log_std"].exp(), validate_args=False)
 
     def distribution(self, obs):
         return self._dist(self(obs))
