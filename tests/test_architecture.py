@@ -32,6 +32,7 @@ PARTS = [
     ("vla_rl_lib.video", "tools-lite"), ("vla_rl_lib.diagnostics", "tools-lite"),
     ("vla_rl_lib.cli", "top"), ("vla_rl_lib.__main__", "top"), ("vla_rl_lib.notebook", "top"),
     ("vla_rl_lib.quickstart", "top"), ("vla_rl_lib.chooser", "top"), ("vla_rl_lib.exercises", "top"),
+    ("vla_rl_lib.comparison", "top"),
     ("vla_rl_lib", "core"),
 ]
 # modules of the algorithm layer that are shared machinery, not an algorithm

@@ -287,10 +287,10 @@ def collect_mixed_dataset(size: int, seed: int = 0, reward_type: str = "sparse",
 
 def evaluation_pairs_uncovered(data: dict) -> bool:
     """Whether no episode of ``data`` visits both the start cell and the goal cell (stitching needed)."""
-    from vla_rl_lib.data.buffer import episode_bounds
-
     env = PointMazeEnv()
-    for s, e in episode_bounds(data["terminals"], data["timeouts"]):
+    ends = np.flatnonzero(np.logical_or(data["terminals"], data["timeouts"])) + 1  # an episode ends after its flag
+    starts = np.concatenate([[0], ends])
+    for s, e in zip(starts, np.concatenate([ends, [len(data["terminals"])]])):
         cells = {env.cell_of(p) for p in data["observations"][s:e, :2]}
         cells |= {env.cell_of(p) for p in data["next_observations"][s:e, :2]}
         if env.start_cell in cells and env.goal_cell in cells:
